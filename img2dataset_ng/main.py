@@ -1,0 +1,174 @@
+"""`download()`: validate the options, read and shard the url list, run the shards, summarise."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tqdm import tqdm
+
+from .config import DEFAULT_MAX_DOWNLOAD_BYTES, Config, ConfigError, IncrementalMode, OutputFormat
+from .distributor import make_distributor, run_shards
+from .downloader import ShardDownloader, ShardStats
+from .layout import TMP_FOLDER_NAME
+from .reader import Sharder, UrlListReader
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Summary:
+    """What a run did, summed over the shards it ran (shards done by an earlier run are not counted)."""
+
+    output_folder: str
+    shards_done: int = 0
+    shards_skipped: int = 0
+    failed_shards: list[int] = field(default_factory=list)
+    count: int = 0
+    successes: int = 0
+    failed_to_download: int = 0
+    failed_to_resize: int = 0
+    duration: float = 0.0
+    status_dict: dict[str, int] = field(default_factory=dict)
+
+    def add(self, stats: ShardStats) -> None:
+        self.shards_done += 1
+        self.count += stats.count
+        self.successes += stats.successes
+        self.failed_to_download += stats.failed_to_download
+        self.failed_to_resize += stats.failed_to_resize
+        for reason, n in stats.status_dict.items():
+            self.status_dict[reason] = self.status_dict.get(reason, 0) + n
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / self.count if self.count else 0.0
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.count / self.duration if self.duration else 0.0
+
+    def line(self) -> str:
+        failed = f", {len(self.failed_shards)} shard(s) FAILED: {self.failed_shards}" if self.failed_shards else ""
+        skipped = f" ({self.shards_skipped} already done, skipped)" if self.shards_skipped else ""
+        return (
+            f"{self.shards_done} shard(s) done{skipped}{failed}: {self.count} samples, "
+            f"{self.successes} successes ({self.success_rate:.1%}), {self.failed_to_download} failed to download, "
+            f"{self.failed_to_resize} failed to resize, in {self.duration:.1f}s ({self.samples_per_second:.1f} samples/s); "
+            f"output in {self.output_folder}"
+        )
+
+
+class Progress:
+    """A terminal progress bar fed by shard stats."""
+
+    def __init__(self, summary: Summary, enabled: bool | None = None):
+        self.summary = summary
+        self.start = time.monotonic()
+        self.bar = tqdm(desc="shards", unit="shard", disable=None if enabled is None else not enabled, file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, stats: ShardStats) -> None:
+        self.summary.add(stats)
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        self.bar.set_postfix_str(
+            f"samples={self.summary.count} {self.summary.count / elapsed:.1f}/s success={self.summary.success_rate:.1%}",
+            refresh=False,
+        )
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def download(
+    url_list: str,
+    image_size: int = 256,
+    output_folder: str = "images",
+    processes_count: int = 1,
+    resize_mode: str = "border",
+    resize_only_if_bigger: bool = False,
+    upscale_interpolation: str = "lanczos",
+    downscale_interpolation: str = "area",
+    encode_quality: int = 95,
+    encode_format: str = "jpg",
+    skip_reencode: bool = False,
+    output_format: str = "files",
+    input_format: str = "txt",
+    url_col: str = "url",
+    caption_col: str | None = None,
+    bbox_col: str | None = None,
+    thread_count: int = 256,
+    number_sample_per_shard: int = 10000,
+    extract_exif: bool = True,
+    save_additional_columns: list[str] | None = None,
+    timeout: float = 10,
+    enable_wandb: bool = False,
+    wandb_project: str = "img2dataset",
+    oom_shard_count: int = 5,
+    compute_hash: str | None = "sha256",
+    verify_hash: list[str] | None = None,
+    distributor: str = "multiprocessing",
+    subjob_size: int = 1000,
+    retries: int = 0,
+    disable_all_reencoding: bool = False,
+    min_image_size: int = 0,
+    max_image_area: float = float("inf"),
+    max_aspect_ratio: float = float("inf"),
+    incremental_mode: str = "incremental",
+    max_shard_retry: int = 1,
+    user_agent_token: str | None = None,
+    disallowed_header_directives: list[str] | None = None,
+    ignore_ssl_certificate: bool = False,
+    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+    storage_options: dict[str, Any] | None = None,
+    progress: bool | None = None,
+) -> Summary:
+    """Download the images of `url_list` into `output_folder`; see docs/user_guide.md for every option.
+
+    `disallowed_header_directives=None` means the default list (noai, noimageai, noindex,
+    noimageindex); `[]` turns the X-Robots-Tag check off. `progress=None` shows the progress bar
+    only on a terminal.
+    """
+    options = {name: value for name, value in locals().items() if name != "progress"}
+    config = Config.from_options(**options)
+    if config.write.output_format is OutputFormat.TFRECORD:
+        raise ConfigError("output_format 'tfrecord' is not available in this version")
+    if config.run.enable_wandb:
+        raise ConfigError("enable_wandb is not available in this version")
+    distributor_ = make_distributor(config.run)
+
+    reader = UrlListReader(config.read)
+    reader.check_columns()
+    folder = config.write.output_folder
+    mode = config.run.incremental_mode
+    first_shard_id, skip = 0, frozenset()
+    if mode is IncrementalMode.OVERWRITE:
+        folder.empty()
+    elif mode is IncrementalMode.EXTEND:
+        highest = folder.highest_shard_id()
+        first_shard_id = 0 if highest is None else highest + 1
+    else:
+        skip = frozenset(folder.finished_shards())
+    folder.fs.makedirs(folder.root, exist_ok=True)
+
+    tmp = folder.child(TMP_FOLDER_NAME)
+    sharder = Sharder(reader, config.write.key_format, tmp, first_shard_id, skip)
+    summary = Summary(output_folder=folder.url)
+    bar = Progress(summary, progress)
+    start = time.monotonic()
+    try:
+        failed = run_shards(distributor_, ShardDownloader(config), sharder, config.run.max_shard_retry, bar)
+    finally:
+        bar.close()
+        distributor_.close()
+        if tmp.fs.exists(tmp.root):
+            tmp.fs.rm(tmp.root, recursive=True)
+    summary.duration = time.monotonic() - start
+    summary.shards_skipped = sharder.skipped
+    summary.failed_shards = sorted(shard.shard_id for shard in failed)
+    if summary.shards_done == 0 and not summary.failed_shards and not summary.shards_skipped:
+        logger.info("no url found in %s: 0 shards, nothing to download", config.read.url_list)
+    logger.info(summary.line())
+    return summary

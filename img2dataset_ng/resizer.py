@@ -1,0 +1,176 @@
+"""Turns downloaded bytes into the stored image: decode, size filters, geometry, encode.
+
+`Resizer.__call__` returns a `Resized` value or raises `ResizeError` with a short reason.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .config import EncodeFormat, Interpolation, ResizeConfig, ResizeMode
+
+INTERPOLATIONS = {
+    Interpolation.NEAREST: cv2.INTER_NEAREST,
+    Interpolation.LINEAR: cv2.INTER_LINEAR,
+    Interpolation.CUBIC: cv2.INTER_CUBIC,
+    Interpolation.AREA: cv2.INTER_AREA,
+    Interpolation.LANCZOS: cv2.INTER_LANCZOS4,
+}
+WHITE = 255
+
+
+class ResizeError(Exception):
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Resized:
+    data: bytes
+    width: int | None
+    height: int | None
+    original_width: int | None
+    original_height: int | None
+
+
+def sniff_format(data: bytes) -> EncodeFormat | None:
+    """The format of encoded image bytes, when it is one we can also write."""
+    if data[:3] == b"\xff\xd8\xff":
+        return EncodeFormat.JPG
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return EncodeFormat.PNG
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return EncodeFormat.WEBP
+    return None
+
+
+class Resizer:
+    def __init__(self, config: ResizeConfig):
+        self.config = config
+        c = config
+        if c.encode_format is EncodeFormat.JPG:
+            self.encode_params = [cv2.IMWRITE_JPEG_QUALITY, c.encode_quality]
+        elif c.encode_format is EncodeFormat.PNG:
+            self.encode_params = [cv2.IMWRITE_PNG_COMPRESSION, c.encode_quality]
+        else:
+            self.encode_params = [cv2.IMWRITE_WEBP_QUALITY, max(1, c.encode_quality)]
+        self.extension = "." + c.encode_format.value
+
+    def __call__(self, data: bytes, boxes: Any = None) -> Resized:
+        c = self.config
+        if c.disable_all_reencoding:
+            return Resized(data, None, None, None, None)
+        img = decode(data)
+        original_height, original_width = img.shape[:2]
+        self._check_size(original_width, original_height)
+
+        if c.blur_boxes and boxes:
+            img = blur_boxes(img, boxes)
+        resized = self._resize(img)
+        if resized is img and not (c.blur_boxes and boxes) and c.skip_reencode and sniff_format(data) is c.encode_format:
+            return Resized(data, original_width, original_height, original_width, original_height)
+        img = resized
+        if c.encode_format is EncodeFormat.JPG and img.ndim == 3 and img.shape[2] == 4:
+            img = onto_white(img)
+        ok, encoded = cv2.imencode(self.extension, img, self.encode_params)
+        if not ok:
+            raise ResizeError("Image encoding error")
+        height, width = img.shape[:2]
+        return Resized(encoded.tobytes(), width, height, original_width, original_height)
+
+    def _check_size(self, width: int, height: int) -> None:
+        c = self.config
+        if min(width, height) < c.min_image_size:
+            raise ResizeError("image too small")
+        if width * height > c.max_image_area:
+            raise ResizeError("image area too large")
+        if max(width, height) / max(1, min(width, height)) > c.max_aspect_ratio:
+            raise ResizeError("aspect ratio too large")
+
+    def _resize(self, img: np.ndarray) -> np.ndarray:
+        """The image with its new geometry; `img` itself when nothing changes."""
+        c = self.config
+        size = c.image_size
+        height, width = img.shape[:2]
+        if c.resize_mode is ResizeMode.NO:
+            return img
+        if c.resize_mode in (ResizeMode.KEEP_RATIO, ResizeMode.CENTER_CROP):
+            side = min(width, height)
+        else:
+            side = max(width, height)
+        if c.resize_only_if_bigger and side <= size:
+            return img
+        if side != size:
+            scale = size / side
+            new_width = size if side == width else max(1, round(width * scale))
+            new_height = size if side == height else max(1, round(height * scale))
+            interpolation = c.downscale_interpolation if side > size else c.upscale_interpolation
+            img = cv2.resize(img, (new_width, new_height), interpolation=INTERPOLATIONS[interpolation])
+        if c.resize_mode is ResizeMode.CENTER_CROP:
+            height, width = img.shape[:2]
+            top, left = (height - size) // 2, (width - size) // 2
+            img = img[top : top + size, left : left + size]
+        elif c.resize_mode is ResizeMode.BORDER:
+            height, width = img.shape[:2]
+            top, left = (size - height) // 2, (size - width) // 2
+            fill = (WHITE,) * (img.shape[2] if img.ndim == 3 else 1)
+            img = cv2.copyMakeBorder(
+                img, top, size - height - top, left, size - width - left, cv2.BORDER_CONSTANT, value=fill
+            )
+        return img
+
+
+def decode(data: bytes) -> np.ndarray:
+    """BGR or BGRA uint8 pixels of encoded image bytes; raises ResizeError."""
+    if not data:
+        raise ResizeError("Image decoding error")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise ResizeError("Image decoding error")
+    if img.dtype != np.uint8:
+        img = (img / (np.iinfo(img.dtype).max / 255.0 if img.dtype.kind in "ui" else 1 / 255.0)).clip(0, 255)
+        img = img.astype(np.uint8)
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 2:  # gray + alpha
+        img = cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2BGR)
+    return img
+
+
+def onto_white(img: np.ndarray) -> np.ndarray:
+    """Composite a BGRA image onto a white background."""
+    alpha = img[:, :, 3:4].astype(np.float32) / 255.0
+    bgr = img[:, :, :3].astype(np.float32)
+    return (bgr * alpha + WHITE * (1.0 - alpha) + 0.5).astype(np.uint8)
+
+
+def blur_boxes(img: np.ndarray, boxes: Any) -> np.ndarray:
+    """Gaussian-blur each `[x0, y0, x1, y1]` box (relative coordinates), widened by 10% of its larger side."""
+    height, width = img.shape[:2]
+    pixel_boxes = []
+    for box in boxes:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        x0, x1, y0, y1 = x0 * width, x1 * width, y0 * height, y1 * height
+        margin = 0.1 * max(x1 - x0, y1 - y0)
+        pixel_boxes.append(
+            (
+                max(0, int(x0 - margin)),
+                max(0, int(y0 - margin)),
+                min(width, int(np.ceil(x1 + margin))),
+                min(height, int(np.ceil(y1 + margin))),
+            )
+        )
+    pixel_boxes = [b for b in pixel_boxes if b[2] > b[0] and b[3] > b[1]]
+    if not pixel_boxes:
+        return img
+    largest = max(max(x1 - x0, y1 - y0) for x0, y0, x1, y1 in pixel_boxes)
+    sigma = max(1.0, largest / 10)
+    blurred = cv2.GaussianBlur(img, (0, 0), sigmaX=sigma)
+    out = img.copy()
+    for x0, y0, x1, y1 in pixel_boxes:
+        out[y0:y1, x0:x1] = blurred[y0:y1, x0:x1]
+    return out
