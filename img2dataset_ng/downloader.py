@@ -22,7 +22,7 @@ from typing import Any
 
 import exifread
 
-from .config import Config, HashType
+from .config import Config, EncodeFormat, HashType
 from .fetcher import Fetcher, FetchError
 from .layout import STATS_SUFFIX
 from .reader import BBOX, INTERNAL_COLUMNS, VERIFY_HASH, Shard
@@ -84,12 +84,19 @@ def digest(hash_type: HashType, data: bytes) -> str:
     return hashlib.new(hash_type.value, data).hexdigest()
 
 
-def read_exif(data: bytes) -> str | None:
+EXIF_MARKERS = {EncodeFormat.JPG: b"Exif\0\0", EncodeFormat.PNG: b"eXIf", EncodeFormat.WEBP: b"EXIF"}
+
+
+def read_exif(data: bytes) -> str:
+    """EXIF tags as a JSON string (`{}` when there are none or they cannot be read)."""
+    image_format = sniff_format(data)
+    if image_format is None or EXIF_MARKERS[image_format] not in data:
+        return "{}"
     try:
         tags = exifread.process_file(io.BytesIO(data), details=False)
         return json.dumps({k: str(v).strip() for k, v in tags.items() if v is not None})
     except Exception:  # noqa: BLE001 - unreadable EXIF is not an error of the sample
-        return None
+        return "{}"
 
 
 class SampleProcessor:
@@ -119,9 +126,7 @@ class SampleProcessor:
         except Exception as error:  # noqa: BLE001 - a bad image never crashes a shard
             logger.debug("resize of %s failed", url, exc_info=True)
             return SampleResult(Status.FAILED_TO_RESIZE, f"Image decoding error ({type(error).__name__})", hash=sample_hash)
-        exif = read_exif(data) if write.extract_exif and sniff_format(data) is not None else None
-        if write.extract_exif and exif is None:
-            exif = "{}"
+        exif = read_exif(data) if write.extract_exif else None
         return SampleResult(
             Status.SUCCESS,
             None,

@@ -9,10 +9,12 @@ Routes (all GET):
 - `/robots/{header value}/...`: the rest of the path with that X-Robots-Tag header.
 - `/html`: an HTML page served as image/jpeg.
 - `/corrupt.jpg`: JPEG magic followed by garbage.
+- `/exif.jpg`: a JPEG with an EXIF block (Image Make = TestCam).
 """
 from __future__ import annotations
 
 import functools
+import struct
 import threading
 import time
 import urllib.parse
@@ -41,6 +43,15 @@ def make_image(width: int, height: int, ext: str, alpha: bool = False, gray: boo
     ok, data = cv2.imencode("." + ext, img)
     assert ok
     return data.tobytes()
+
+
+def with_exif(jpeg: bytes, make: str = "TestCam") -> bytes:
+    """`jpeg` with an APP1 EXIF segment holding one tag (Image Make), built by hand."""
+    value = make.encode() + b"\0"
+    ifd = struct.pack("<H", 1) + struct.pack("<HHII", 0x010F, 2, len(value), 8 + 18) + struct.pack("<I", 0)
+    tiff = b"II*\0" + struct.pack("<I", 8) + ifd + value
+    payload = b"Exif\0\0" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -78,6 +89,8 @@ class Handler(BaseHTTPRequestHandler):
             self.route("/" + "/".join(parts[2:]), query, {**headers, "X-Robots-Tag": urllib.parse.unquote(parts[1])})
         elif head == "html":
             self.send(200, b"<html><body>not an image</body></html>", "image/jpeg", headers)
+        elif head == "exif.jpg":
+            self.send(200, with_exif(make_image(32, 32, "jpg")), "image/jpeg", headers)
         elif head == "corrupt.jpg":
             self.send(200, b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8, "image/jpeg", headers)
         else:

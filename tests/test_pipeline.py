@@ -199,3 +199,10 @@ def test_encode_formats(tmp_path, server, encode_format):
     assert len(images) == 7
     for sample in images.values():
         assert image_size(sample["image"]) == (256, 256)
+
+
+def test_exif_is_extracted_as_json(tmp_path, server):
+    url_list = write_url_list([{"url": server.url("/exif.jpg")}, {"url": server.url("/img/32x32.png")}], tmp_path / "u.jsonl", "jsonl")
+    download(str(url_list), input_format="jsonl", output_folder=str(tmp_path / "out"), output_format="parquet", thread_count=2)
+    exif = {r["url"].rsplit("/", 1)[1]: json.loads(r["exif"]) for r in read_metadata(tmp_path / "out").to_pylist()}
+    assert exif == {"exif.jpg": {"Image Make": "TestCam"}, "32x32.png": {}}

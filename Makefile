@@ -1,0 +1,31 @@
+# Everything runs in .venv/ at the repo root, created on first use with every extra installed.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# The suite runs in a network namespace that has only loopback: nothing can leave this machine.
+LOOPBACK_ONLY := unshare --net sh -c 'ip link set lo up && exec "$$0" "$$@"'
+
+.PHONY: install demo test lint java clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[all]'
+	touch $(STAMP)
+
+java:
+	@command -v java >/dev/null || (apt-get update -q && apt-get install -y -q default-jre-headless)
+
+demo: install
+	$(PY) examples/demo.py
+
+test: install java
+	$(LOOPBACK_ONLY) $(PY) -m pytest tests -q -p no:cacheprovider --timeout=900 $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check img2dataset_ng tests examples bench
+
+clean:
+	rm -rf demo_output demo_images images .pytest_cache
