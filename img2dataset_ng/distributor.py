@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import traceback
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from typing import Protocol, TypeVar
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as connection_wait
+from typing import Any, Protocol, TypeVar
 
 from .config import ConfigError, RunConfig
 
@@ -29,64 +30,102 @@ class Distributor(Protocol):
         ...
 
 
-class MultiprocessingDistributor:
-    """A pool of `processes_count` spawned processes; at most two shards per process in flight.
+class WorkerDied(RuntimeError):
+    """The process running a shard exited before returning its result (killed, out of memory)."""
 
-    A process that dies (killed, out of memory) fails only the shards it held: the pool is
-    rebuilt and those shards come back as failures for `run_shards` to retry.
+
+class ShardError(RuntimeError):
+    """A shard raised in a worker process; the message carries the worker's traceback."""
+
+
+def _worker_loop(conn: Connection) -> None:
+    """Runs in each worker process: receive (fn, shard), send back (True, result) or (False, error)."""
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if task is None:
+            return
+        fn, shard = task
+        try:
+            outcome: tuple[bool, Any] = (True, fn(shard))
+        except Exception:  # noqa: BLE001 - reported to the parent as the shard's failure
+            outcome = (False, ShardError(traceback.format_exc()))
+        conn.send(outcome)
+
+
+class _Worker:
+    def __init__(self, context: multiprocessing.context.BaseContext):
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_loop, args=(child,), daemon=True, name="img2dataset-ng-worker")
+        self.process.start()
+        child.close()
+        self.shard: Any = None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join()
+        self.conn.close()
+
+
+class MultiprocessingDistributor:
+    """`processes_count` spawned processes, one shard each at a time.
+
+    Each process is watched: one that dies (killed, out of memory) fails exactly the shard it
+    held, with `WorkerDied`, and is replaced; nothing waits forever on a dead process.
     """
 
     def __init__(self, processes_count: int):
         self.processes_count = processes_count
-        self.executor: ProcessPoolExecutor | None = None
-
-    def _executor(self) -> ProcessPoolExecutor:
-        if self.executor is None:
-            self.executor = ProcessPoolExecutor(
-                self.processes_count, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=32
-            )
-        return self.executor
+        self.context = multiprocessing.get_context("spawn")
+        self.idle: list[_Worker] = []
 
     def map(self, fn: Callable[[S], R], shards: Iterable[S]) -> Iterator[tuple[S, R | BaseException]]:
-        pending: dict[Future, S] = {}
         source = iter(shards)
+        busy: dict[_Worker, S] = {}
         exhausted = False
-        while pending or not exhausted:
-            while not exhausted and len(pending) < 2 * self.processes_count:
-                shard = next(source, None)
-                if shard is None:
-                    exhausted = True
-                else:
-                    pending[self._submit(fn, shard)] = shard
-            if not pending:
-                break
-            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-            broken = False
-            for future in finished:
-                shard = pending.pop(future)
-                error = future.exception()
-                broken |= isinstance(error, BrokenProcessPool)
-                yield shard, (error if error is not None else future.result())
-            if broken:
-                self._rebuild()
-
-    def _submit(self, fn: Callable[[S], R], shard: S) -> Future:
         try:
-            return self._executor().submit(fn, shard)
-        except BrokenProcessPool:
-            self._rebuild()
-            return self._executor().submit(fn, shard)
-
-    def _rebuild(self) -> None:
-        logger.warning("a worker process died; restarting the pool")
-        if self.executor is not None:
-            self.executor.shutdown(wait=False, cancel_futures=True)
-        self.executor = None
+            while busy or not exhausted:
+                while not exhausted and len(busy) < self.processes_count:
+                    shard = next(source, _END)
+                    if shard is _END:
+                        exhausted = True
+                        break
+                    worker = self.idle.pop() if self.idle else _Worker(self.context)
+                    worker.conn.send((fn, shard))
+                    busy[worker] = shard
+                if not busy:
+                    break
+                ready = set(connection_wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
+                for worker in [w for w in busy if w.conn in ready or w.process.sentinel in ready]:
+                    shard = busy.pop(worker)
+                    try:
+                        ok, value = worker.conn.recv()
+                    except (EOFError, OSError):
+                        worker.process.join()
+                        worker.conn.close()
+                        yield shard, WorkerDied(f"worker process died with exit code {worker.process.exitcode}")
+                        continue
+                    self.idle.append(worker)
+                    yield shard, value
+        finally:
+            for worker in busy:  # interrupted: do not leave processes behind
+                worker.process.terminate()
+                worker.stop()
 
     def close(self) -> None:
-        if self.executor is not None:
-            self.executor.shutdown(wait=True, cancel_futures=True)
-            self.executor = None
+        while self.idle:
+            self.idle.pop().stop()
+
+
+_END = object()
 
 
 def make_distributor(config: RunConfig) -> Distributor:
@@ -114,7 +153,7 @@ def run_shards(
             logger.warning("retrying %d failed shard(s), round %d of %d", len(todo), attempt, max_shard_retry)
         for shard, outcome in distributor.map(fn, todo):
             if isinstance(outcome, BaseException):
-                logger.error("shard %s failed: %s", getattr(shard, "shard_id", shard), outcome, exc_info=outcome)
+                logger.error("shard %s failed: %s", getattr(shard, "shard_id", shard), outcome)
                 failed.append(shard)
             else:
                 on_result(outcome)
