@@ -4,6 +4,7 @@ Memory grows with the shard size, not with the input: files are read batch by ba
 is written, as soon as it is full, to a small arrow file that any worker can read. A shard is
 described by a tiny picklable `Shard` (its id and that file's path).
 """
+
 from __future__ import annotations
 
 import csv
@@ -126,7 +127,7 @@ class UrlListReader:
         try:
             if fmt is InputFormat.PARQUET:
                 with self._open(path) as f:
-                    return pq.ParquetFile(f).schema_arrow.names
+                    return pq.ParquetFile(f, pre_buffer=False).schema_arrow.names
             if fmt in (InputFormat.CSV, InputFormat.CSV_GZ, InputFormat.TSV, InputFormat.TSV_GZ):
                 with self._open(path, "rt") as f:
                     return next(csv.reader(f, delimiter=self._delimiter), None)
@@ -150,7 +151,8 @@ class UrlListReader:
 
     def _parquet(self, path: str) -> Iterator[pa.Table]:
         with self._open(path) as f:
-            parquet = pq.ParquetFile(f)
+            # pre_buffer would keep the raw data of every row group read so far until the file closes
+            parquet = pq.ParquetFile(f, pre_buffer=False)
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=self.input_columns):
                 yield self._select(pa.Table.from_batches([batch]))
 
