@@ -7,6 +7,7 @@ standard library at module level. It imports the tool (the resident set read the
 shards the url list into TMP_DIR the way each tool's `download()` does, and writes to RESULT.json:
 the shards as [shard_id, path] pairs, its timings, and its memory readings from /proc/self/status.
 """
+
 from __future__ import annotations
 
 import inspect

@@ -6,6 +6,7 @@ given seed), so generating 10 million rows never holds the whole table in memory
     .venv/bin/python bench/make_url_parquet.py                    # 10M rows -> bench/.corpus/urls_10m.parquet
     .venv/bin/python bench/make_url_parquet.py --rows 1000000 --out bench/.corpus/urls_1m.parquet
 """
+
 from __future__ import annotations
 
 import argparse

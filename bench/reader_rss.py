@@ -10,6 +10,7 @@ same shards (same count, same rows, same first and last url in each) covering ev
     .venv/bin/python bench/reader_rss.py --rows 1000000 10000000  # one table row per size and tool
     .venv/bin/python bench/reader_rss.py --parquet my.parquet --skip-theirs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-
 from make_url_parquet import default_path, make_url_parquet, parquet_rows
 
 BENCH = Path(__file__).resolve().parent
@@ -98,9 +98,7 @@ def read_back(shards: list[tuple[int, str]]) -> list[ShardSummary]:
             reader = pa.ipc.open_file(source)
             batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
             urls = [b.column("url") for b in batches if b.num_rows]
-            summaries.append(
-                ShardSummary(sum(b.num_rows for b in batches), urls[0][0].as_py(), urls[-1][-1].as_py())
-            )
+            summaries.append(ShardSummary(sum(b.num_rows for b in batches), urls[0][0].as_py(), urls[-1][-1].as_py()))
     return summaries
 
 
@@ -111,6 +109,7 @@ def run_tool(tool: str, python: Path, parquet: Path, input_rows: int, per_shard:
         result_path = tmp / "result.json"
         command = [str(python), str(CHILD), tool, str(parquet), str(tmp / "shards"), str(per_shard), str(result_path)]
         print(f"[{tool}] {input_rows:,} rows: sharding {parquet.name} ...", flush=True)
+        os.sync()  # no run pays for writing back what an earlier run left dirty in the page cache
         started = time.monotonic()
         child = subprocess.Popen(command, env=CHILD_ENV, stdout=subprocess.DEVNULL)
         _, status, usage = os.wait4(child.pid, 0)  # this child's own rusage, not a max over all children
@@ -188,10 +187,19 @@ def ratios(runs: list[Run]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=[10_000_000],
-                        help="url list size(s); each is made under bench/.corpus/ if missing (default 10M)")
-    parser.add_argument("--parquet", type=Path, default=None,
-                        help="use this url list instead (made with --rows rows if it does not exist)")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        nargs="+",
+        default=[10_000_000],
+        help="url list size(s); each is made under bench/.corpus/ if missing (default 10M)",
+    )
+    parser.add_argument(
+        "--parquet",
+        type=Path,
+        default=None,
+        help="use this url list instead (made with --rows rows if it does not exist)",
+    )
     parser.add_argument("--per-shard", type=int, default=10_000, help="number_sample_per_shard (default 10000)")
     parser.add_argument("--skip-theirs", action="store_true", help="run only ours")
     args = parser.parse_args()
@@ -199,8 +207,11 @@ def main() -> None:
     if args.parquet is not None:
         if len(args.rows) != 1:
             parser.error("--parquet takes a single --rows value")
-        existing = parquet_rows(args.parquet)
-        corpora = [(args.parquet, existing) if existing is not None else (make_url_parquet(args.parquet, args.rows[0]), args.rows[0])]
+        rows = parquet_rows(args.parquet)
+        if rows is None:
+            rows = args.rows[0]
+            make_url_parquet(args.parquet, rows)
+        corpora = [(args.parquet, rows)]
     else:
         corpora = [(make_url_parquet(default_path(rows), rows), rows) for rows in args.rows]
 

@@ -3,6 +3,7 @@
 Needs no internet: the images are drawn here, served by a local HTTP server, and downloaded into
 demo_output/ as webdataset shards with captions.
 """
+
 from __future__ import annotations
 
 import functools
@@ -79,7 +80,10 @@ def main() -> None:
         )
         server.shutdown()
     url_list.unlink()
-    print(f"\n{summary.successes} of {summary.count} images downloaded. Output: {OUTPUT}/ ({', '.join(sorted(p.name for p in OUTPUT.iterdir())[:4])}, ...)")
+    print(
+        f"\n{summary.successes} of {summary.count} images downloaded into {OUTPUT}/: "
+        f"{', '.join(sorted(p.name for p in OUTPUT.iterdir())[:3])}, ..."
+    )
 
 
 class QuietHandler(SimpleHTTPRequestHandler):

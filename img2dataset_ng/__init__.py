@@ -1,4 +1,5 @@
 """img2dataset-ng: turn lists of image urls into training datasets, a drop-in successor of img2dataset."""
+
 from .config import ConfigError
 from .main import Summary, download
 from .reader import InputError

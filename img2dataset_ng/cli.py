@@ -3,6 +3,7 @@
 Flags are written the way img2dataset users write them: `--flag=True`, `--flag True`, bare
 `--flag` for booleans, lists as JSON or Python literals, and hyphens for underscores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,7 @@ HELP = {
     "thread_count": "concurrent downloads per process",
     "number_sample_per_shard": "rows per shard",
     "extract_exif": "add an exif column",
-    "save_additional_columns": "input columns copied into the metadata, e.g. '[\"a\",\"b\"]'",
+    "save_additional_columns": 'input columns copied into the metadata, e.g. \'["a","b"]\'',
     "timeout": "deadline in seconds for each whole request",
     "enable_wandb": "log progress to Weights & Biases",
     "wandb_project": "Weights & Biases project",
@@ -59,7 +60,7 @@ HELP = {
     "(default: noai, noimageai, noindex, noimageindex)",
     "ignore_ssl_certificate": "skip TLS verification",
     "max_download_bytes": "refuse bodies larger than this many bytes",
-    "storage_options": "fsspec storage options as JSON, e.g. '{\"endpoint_url\": \"http://...\"}'",
+    "storage_options": 'fsspec storage options as JSON, e.g. \'{"endpoint_url": "http://..."}\'',
     "progress": "show the progress bar (default: on a terminal)",
 }
 TRUE, FALSE = {"true", "1", "yes", "y"}, {"false", "0", "no", "n"}
@@ -132,9 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def normalise_argv(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
     """A bare boolean flag followed by something that is not a boolean gets an explicit True."""
-    bool_flags = {
-        flag for action in parser._actions if action.metavar == "BOOL" for flag in action.option_strings
-    }
+    bool_flags = {flag for action in parser._actions if action.metavar == "BOOL" for flag in action.option_strings}
     out: list[str] = []
     for i, arg in enumerate(argv):
         out.append(arg)

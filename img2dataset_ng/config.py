@@ -3,6 +3,7 @@
 `download(**options)` and the CLI only map their options onto `Config.from_options`; every bad
 value fails here, before any work starts, with a message that names the option and what it allows.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,6 +4,7 @@ A distributor maps a picklable callable over an iterable of shards and yields, i
 order, each shard with its result or the exception it raised. `run_shards` (shared by every
 distributor) re-runs failed shards `max_shard_retry` times.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,11 +24,9 @@ R = TypeVar("R")
 
 
 class Distributor(Protocol):
-    def map(self, fn: Callable[[S], R], shards: Iterable[S]) -> Iterator[tuple[S, R | BaseException]]:
-        ...
+    def map(self, fn: Callable[[S], R], shards: Iterable[S]) -> Iterator[tuple[S, R | BaseException]]: ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
 class WorkerDied(RuntimeError):
@@ -143,7 +142,10 @@ def run_shards(
     max_shard_retry: int,
     on_result: Callable[[R], None],
 ) -> list[S]:
-    """Run `fn` over `shards`, re-running failures up to `max_shard_retry` rounds; returns the shards that still failed."""
+    """Run `fn` over `shards`, re-running failures up to `max_shard_retry` rounds.
+
+    Returns the shards that still failed after the last round.
+    """
     failed: list[S] = []
     for attempt in range(max_shard_retry + 1):
         if attempt and not failed:

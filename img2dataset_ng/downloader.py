@@ -5,6 +5,7 @@ threads and codecs are created inside the worker for each shard. Each row of the
 one `SampleResult` value and one metadata row, success or failure alike; the shard's stats file
 is its last write and marks it as done.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,7 +27,7 @@ from .config import Config, EncodeFormat, HashType
 from .fetcher import Fetcher, FetchError
 from .layout import STATS_SUFFIX
 from .reader import BBOX, INTERNAL_COLUMNS, VERIFY_HASH, Shard
-from .resizer import Resizer, ResizeError, sniff_format
+from .resizer import ResizeError, Resizer, sniff_format
 from .writer import metadata_schema, writer_for
 
 logger = logging.getLogger(__name__)
@@ -125,7 +126,9 @@ class SampleProcessor:
             return SampleResult(Status.FAILED_TO_RESIZE, error.message, hash=sample_hash)
         except Exception as error:  # noqa: BLE001 - a bad image never crashes a shard
             logger.debug("resize of %s failed", url, exc_info=True)
-            return SampleResult(Status.FAILED_TO_RESIZE, f"Image decoding error ({type(error).__name__})", hash=sample_hash)
+            return SampleResult(
+                Status.FAILED_TO_RESIZE, f"Image decoding error ({type(error).__name__})", hash=sample_hash
+            )
         exif = read_exif(data) if write.extract_exif else None
         return SampleResult(
             Status.SUCCESS,

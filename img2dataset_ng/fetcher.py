@@ -3,6 +3,7 @@
 Failures raise `FetchError` with a short, stable message (they become the `error_message` of the
 row) and whether a later attempt could succeed.
 """
+
 from __future__ import annotations
 
 import errno

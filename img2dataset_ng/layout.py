@@ -4,6 +4,7 @@ The output folder is normalised once into an `OutputFolder` (an fsspec filesyste
 everything that writes or lists output goes through it, and nothing else inspects which
 filesystem it is.
 """
+
 from __future__ import annotations
 
 import math

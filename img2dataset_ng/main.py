@@ -1,4 +1,5 @@
 """`download()`: validate the options, read and shard the url list, run the shards, summarise."""
+
 from __future__ import annotations
 
 import logging
@@ -56,7 +57,8 @@ class Summary:
         return (
             f"{self.shards_done} shard(s) done{skipped}{failed}: {self.count} samples, "
             f"{self.successes} successes ({self.success_rate:.1%}), {self.failed_to_download} failed to download, "
-            f"{self.failed_to_resize} failed to resize, in {self.duration:.1f}s ({self.samples_per_second:.1f} samples/s); "
+            f"{self.failed_to_resize} failed to resize, "
+            f"in {self.duration:.1f}s ({self.samples_per_second:.1f} samples/s); "
             f"output in {self.output_folder}"
         )
 
@@ -67,13 +69,20 @@ class Progress:
     def __init__(self, summary: Summary, enabled: bool | None = None):
         self.summary = summary
         self.start = time.monotonic()
-        self.bar = tqdm(desc="shards", unit="shard", disable=None if enabled is None else not enabled, file=sys.stderr, dynamic_ncols=True)
+        self.bar = tqdm(
+            desc="shards",
+            unit="shard",
+            disable=None if enabled is None else not enabled,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
 
     def __call__(self, stats: ShardStats) -> None:
         self.summary.add(stats)
         elapsed = max(time.monotonic() - self.start, 1e-9)
         self.bar.set_postfix_str(
-            f"samples={self.summary.count} {self.summary.count / elapsed:.1f}/s success={self.summary.success_rate:.1%}",
+            f"samples={self.summary.count} {self.summary.count / elapsed:.1f}/s "
+            f"success={self.summary.success_rate:.1%}",
             refresh=False,
         )
         self.bar.update(1)

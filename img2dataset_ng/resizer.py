@@ -2,6 +2,7 @@
 
 `Resizer.__call__` returns a `Resized` value or raises `ResizeError` with a short reason.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -71,7 +72,12 @@ class Resizer:
         if c.blur_boxes and boxes:
             img = blur_boxes(img, boxes)
         resized = self._resize(img)
-        if resized is img and not (c.blur_boxes and boxes) and c.skip_reencode and sniff_format(data) is c.encode_format:
+        if (
+            resized is img
+            and not (c.blur_boxes and boxes)
+            and c.skip_reencode
+            and sniff_format(data) is c.encode_format
+        ):
             return Resized(data, original_width, original_height, original_width, original_height)
         img = resized
         if c.encode_format is EncodeFormat.JPG and img.ndim == 3 and img.shape[2] == 4:

@@ -4,6 +4,7 @@
 image bytes. Every row lands in `NNNNN.parquet` (all formats but dummy); images go where the
 format puts them. The shard's stats file is not theirs: the shard worker writes it last.
 """
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """Helpers for tests: write url lists in every input format, read every output format back."""
+
 from __future__ import annotations
 
 import csv
@@ -19,8 +20,10 @@ BASE_COLUMNS = ["url", "key", "status", "error_message", "width", "height", "ori
 def write_url_list(rows: list[dict[str, Any]], path: Path, input_format: str) -> Path:
     """Write `rows` (dicts with the same keys) as a url list of `input_format` at `path`."""
     fmt, _, gz = input_format.partition(".")
-    opener = (lambda p: gzip.open(p, "wt", encoding="utf-8", newline="")) if gz else (
-        lambda p: open(p, "w", encoding="utf-8", newline="")
+    opener = (
+        (lambda p: gzip.open(p, "wt", encoding="utf-8", newline=""))
+        if gz
+        else (lambda p: open(p, "w", encoding="utf-8", newline=""))
     )
     if fmt == "parquet":
         pq.write_table(pa.Table.from_pylist(rows), path)

@@ -11,6 +11,7 @@ Routes (all GET):
 - `/corrupt.jpg`: JPEG magic followed by garbage.
 - `/exif.jpg`: a JPEG with an EXIF block (Image Make = TestCam).
 """
+
 from __future__ import annotations
 
 import functools
@@ -73,7 +74,9 @@ class Handler(BaseHTTPRequestHandler):
         if head == "img" and len(parts) == 2:
             size, _, ext = parts[1].partition(".")
             width, height = (int(v) for v in size.split("x"))
-            data = make_image(width, height, ext, query.get("alpha") == "1", query.get("gray") == "1", int(query.get("seed", 0)))
+            data = make_image(
+                width, height, ext, query.get("alpha") == "1", query.get("gray") == "1", int(query.get("seed", 0))
+            )
             content_type = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}[ext]
             self.send(200, data, content_type, headers)
         elif head == "slow":

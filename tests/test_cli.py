@@ -1,4 +1,5 @@
 """Options: img2dataset-style flags, defaults, and bad values refused at once."""
+
 from __future__ import annotations
 
 import inspect
@@ -12,16 +13,42 @@ from img2dataset_ng.cli import build_parser, main, normalise_argv
 from tests.outputs import read_metadata, write_url_list
 
 CONTRACT_DEFAULTS = {
-    "image_size": 256, "output_folder": "images", "processes_count": 1, "resize_mode": "border",
-    "resize_only_if_bigger": False, "upscale_interpolation": "lanczos", "downscale_interpolation": "area",
-    "encode_quality": 95, "encode_format": "jpg", "skip_reencode": False, "output_format": "files",
-    "input_format": "txt", "url_col": "url", "caption_col": None, "bbox_col": None, "thread_count": 256,
-    "number_sample_per_shard": 10000, "extract_exif": True, "save_additional_columns": None, "timeout": 10,
-    "enable_wandb": False, "wandb_project": "img2dataset", "oom_shard_count": 5, "compute_hash": "sha256",
-    "verify_hash": None, "distributor": "multiprocessing", "subjob_size": 1000, "retries": 0,
-    "disable_all_reencoding": False, "min_image_size": 0, "max_image_area": float("inf"),
-    "max_aspect_ratio": float("inf"), "incremental_mode": "incremental", "max_shard_retry": 1,
-    "user_agent_token": None, "ignore_ssl_certificate": False,
+    "image_size": 256,
+    "output_folder": "images",
+    "processes_count": 1,
+    "resize_mode": "border",
+    "resize_only_if_bigger": False,
+    "upscale_interpolation": "lanczos",
+    "downscale_interpolation": "area",
+    "encode_quality": 95,
+    "encode_format": "jpg",
+    "skip_reencode": False,
+    "output_format": "files",
+    "input_format": "txt",
+    "url_col": "url",
+    "caption_col": None,
+    "bbox_col": None,
+    "thread_count": 256,
+    "number_sample_per_shard": 10000,
+    "extract_exif": True,
+    "save_additional_columns": None,
+    "timeout": 10,
+    "enable_wandb": False,
+    "wandb_project": "img2dataset",
+    "oom_shard_count": 5,
+    "compute_hash": "sha256",
+    "verify_hash": None,
+    "distributor": "multiprocessing",
+    "subjob_size": 1000,
+    "retries": 0,
+    "disable_all_reencoding": False,
+    "min_image_size": 0,
+    "max_image_area": float("inf"),
+    "max_aspect_ratio": float("inf"),
+    "incremental_mode": "incremental",
+    "max_shard_retry": 1,
+    "user_agent_token": None,
+    "ignore_ssl_certificate": False,
 }
 
 
@@ -55,14 +82,21 @@ def test_boolean_flags(argv, expected):
 def test_list_number_and_none_flags():
     args = parse(
         "urls.txt",
-        "--save_additional_columns", '["a","b"]',
-        "--disallowed_header_directives", "[]",
-        "--verify-hash", "['sha', 'sha256']",
-        "--output-format", "webdataset",
+        "--save_additional_columns",
+        '["a","b"]',
+        "--disallowed_header_directives",
+        "[]",
+        "--verify-hash",
+        "['sha', 'sha256']",
+        "--output-format",
+        "webdataset",
         "--image_size=64",
-        "--timeout", "2.5",
-        "--max_image_area", "inf",
-        "--compute_hash", "None",
+        "--timeout",
+        "2.5",
+        "--max_image_area",
+        "inf",
+        "--compute_hash",
+        "None",
     )
     assert args["url_list_positional"] == "urls.txt"
     assert args["save_additional_columns"] == ["a", "b"]
@@ -74,7 +108,9 @@ def test_list_number_and_none_flags():
 
 
 def test_help_lists_every_option_with_its_default():
-    result = subprocess.run([sys.executable, "-m", "img2dataset_ng", "--help"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "img2dataset_ng", "--help"], capture_output=True, text=True, check=True
+    )
     for name in inspect.signature(download).parameters:
         assert f"--{name}" in result.stdout
     assert "(default: 'border')" in result.stdout and "(default: 10000)" in result.stdout
@@ -114,8 +150,25 @@ def test_png_quality_out_of_range_is_refused():
 def test_cli_runs_a_download_and_reports_bad_input(tmp_path, server, capsys):
     url_list = write_url_list([{"url": server.url("/img/64x64.jpg")}] * 3, tmp_path / "urls.csv", "csv")
     out = tmp_path / "out"
-    assert main([str(url_list), "--input_format", "csv", "--output_folder", str(out), "--output-format=parquet",
-                 "--thread_count", "2", "--extract_exif", "False", "--compute_hash", "md5"]) == 0
+    assert (
+        main(
+            [
+                str(url_list),
+                "--input_format",
+                "csv",
+                "--output_folder",
+                str(out),
+                "--output-format=parquet",
+                "--thread_count",
+                "2",
+                "--extract_exif",
+                "False",
+                "--compute_hash",
+                "md5",
+            ]
+        )
+        == 0
+    )
     table = read_metadata(out)
     assert table.column("status").to_pylist() == ["success"] * 3
     assert "exif" not in table.column_names and "md5" in table.column_names

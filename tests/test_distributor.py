@@ -1,4 +1,5 @@
 """The multiprocessing distributor and the shared retry loop, with real processes."""
+
 from __future__ import annotations
 
 import os
@@ -52,10 +53,17 @@ def test_without_retry_rounds_failures_are_reported(tmp_path):
 
 
 def test_progress_bar_shows_shards_samples_rate_and_success(tmp_path, server, capsys):
-    url_list = write_url_list([{"url": server.url("/img/40x30.jpg")}, {"url": server.url("/status/404")}] * 3,
-                              tmp_path / "u.csv", "csv")
-    summary = download(str(url_list), input_format="csv", output_folder=str(tmp_path / "out"),
-                       number_sample_per_shard=2, thread_count=2, progress=True)
+    url_list = write_url_list(
+        [{"url": server.url("/img/40x30.jpg")}, {"url": server.url("/status/404")}] * 3, tmp_path / "u.csv", "csv"
+    )
+    summary = download(
+        str(url_list),
+        input_format="csv",
+        output_folder=str(tmp_path / "out"),
+        number_sample_per_shard=2,
+        thread_count=2,
+        progress=True,
+    )
     err = capsys.readouterr().err
     assert "3shard" in err.replace(" ", "") and "samples=6" in err and "success=50.0%" in err and "/s" in err
     assert summary.line().startswith("3 shard(s) done: 6 samples, 3 successes (50.0%), 3 failed to download")

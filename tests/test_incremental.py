@@ -1,4 +1,5 @@
 """incremental / overwrite / extend, and a run killed with SIGKILL then started again."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,15 @@ def url_list(tmp_path: Path, server, n: int, delay: float = 0.0, name: str = "ur
 
 
 def options(output: Path, **extra) -> dict:
-    return {"input_format": "parquet", "caption_col": "caption", "output_folder": str(output),
-            "output_format": "webdataset", "number_sample_per_shard": 4, "thread_count": 2, **extra}
+    return {
+        "input_format": "parquet",
+        "caption_col": "caption",
+        "output_folder": str(output),
+        "output_format": "webdataset",
+        "number_sample_per_shard": 4,
+        "thread_count": 2,
+        **extra,
+    }
 
 
 def outcome(output: Path) -> dict:
@@ -62,14 +70,21 @@ def test_overwrite_empties_the_folder_first(tmp_path, server):
     summary = download(str(urls), **options(out, incremental_mode="overwrite"))
     assert summary.shards_done == 2
     assert sorted(p.name for p in out.iterdir()) == [
-        "00000.parquet", "00000.tar", "00000_stats.json", "00001.parquet", "00001.tar", "00001_stats.json"
+        "00000.parquet",
+        "00000.tar",
+        "00000_stats.json",
+        "00001.parquet",
+        "00001.tar",
+        "00001_stats.json",
     ]
 
 
 def test_extend_appends_after_the_highest_shard(tmp_path, server):
     out = tmp_path / "out"
     download(str(url_list(tmp_path, server, 6)), **options(out))
-    summary = download(str(url_list(tmp_path, server, 5, name="more.parquet")), **options(out, incremental_mode="extend"))
+    summary = download(
+        str(url_list(tmp_path, server, 5, name="more.parquet")), **options(out, incremental_mode="extend")
+    )
     assert summary.shards_done == 2
     keys = read_metadata(out).column("key").to_pylist()
     assert sorted(k[:5] for k in keys) == ["00000"] * 4 + ["00001"] * 2 + ["00002"] * 4 + ["00003"]
@@ -77,9 +92,26 @@ def test_extend_appends_after_the_highest_shard(tmp_path, server):
 
 
 def cli(urls: Path, output: Path) -> list[str]:
-    return [sys.executable, "-m", "img2dataset_ng", str(urls), "--input_format", "parquet", "--caption_col", "caption",
-            "--output_folder", str(output), "--output_format", "webdataset", "--number_sample_per_shard", "4",
-            "--thread_count", "2", "--processes_count", "2"]
+    return [
+        sys.executable,
+        "-m",
+        "img2dataset_ng",
+        str(urls),
+        "--input_format",
+        "parquet",
+        "--caption_col",
+        "caption",
+        "--output_folder",
+        str(output),
+        "--output_format",
+        "webdataset",
+        "--number_sample_per_shard",
+        "4",
+        "--thread_count",
+        "2",
+        "--processes_count",
+        "2",
+    ]
 
 
 def test_sigkill_halfway_then_same_command_gives_the_uninterrupted_output(tmp_path, server):
@@ -88,8 +120,9 @@ def test_sigkill_halfway_then_same_command_gives_the_uninterrupted_output(tmp_pa
     subprocess.run(cli(urls, reference), check=True, capture_output=True, timeout=300)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(cli(urls, killed), start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        cli(urls, killed), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while len(list(killed.glob("*_stats.json"))) < 4 and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -1,4 +1,5 @@
 """End to end against the local HTTP server: every input format, every output format."""
+
 from __future__ import annotations
 
 import hashlib
@@ -94,7 +95,16 @@ def check_output(rows, output: Path, output_format: str, with_caption: bool, enc
     assert sum(s["count"] for s in stats.values()) == len(rows)
     assert sum(s["successes"] for s in stats.values()) == sum(1 for _, st, _ in CORPUS if st == "success")
     for s in stats.values():
-        assert {"count", "successes", "failed_to_download", "failed_to_resize", "duration", "start_time", "end_time", "status_dict"} <= set(s)
+        assert {
+            "count",
+            "successes",
+            "failed_to_download",
+            "failed_to_resize",
+            "duration",
+            "start_time",
+            "end_time",
+            "status_dict",
+        } <= set(s)
         assert sum(s["status_dict"].values()) == s["count"]
     if output_format == "dummy":
         return
@@ -165,8 +175,14 @@ def test_output_without_caption(tmp_path, server, output_format):
 def test_key_width_for_shard_sizes(tmp_path, server, per_shard, width):
     rows = corpus_rows(server)
     url_list = write_url_list(rows, tmp_path / "urls.parquet", "parquet")
-    download(str(url_list), output_folder=str(tmp_path / "out"), input_format="parquet", output_format="webdataset",
-             number_sample_per_shard=per_shard, thread_count=8)
+    download(
+        str(url_list),
+        output_folder=str(tmp_path / "out"),
+        input_format="parquet",
+        output_format="webdataset",
+        number_sample_per_shard=per_shard,
+        thread_count=8,
+    )
     keys = read_metadata(tmp_path / "out").column("key").to_pylist()
     assert sorted(keys) == [str(i).zfill(width) for i in range(len(rows))]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00000.parquet", "00000.tar", "00000_stats.json"]
@@ -179,8 +195,14 @@ def test_each_file_of_a_folder_starts_a_new_shard(tmp_path, server):
     write_url_list(rows[:7], folder / "b.parquet", "parquet")
     write_url_list(rows[7:], folder / "a.parquet", "parquet")
     (folder / "ignored.csv").write_text("url\nhttp://127.0.0.1:9/x.jpg\n")
-    download(str(folder), output_folder=str(tmp_path / "out"), input_format="parquet", output_format="parquet",
-             number_sample_per_shard=PER_SHARD, thread_count=8)
+    download(
+        str(folder),
+        output_folder=str(tmp_path / "out"),
+        input_format="parquet",
+        output_format="parquet",
+        number_sample_per_shard=PER_SHARD,
+        thread_count=8,
+    )
     meta = {r["key"]: r["url"] for r in read_metadata(tmp_path / "out").to_pylist()}
     # a.parquet (5 rows) -> shard 0; b.parquet (7 rows) -> shards 1 and 2
     assert sorted(meta) == [expected_key(0, i) for i in range(5)] + [expected_key(1, i) for i in range(5)] + [
@@ -192,7 +214,11 @@ def test_each_file_of_a_folder_starts_a_new_shard(tmp_path, server):
 @pytest.mark.parametrize("encode_format", ["png", "webp"])
 def test_encode_formats(tmp_path, server, encode_format):
     rows, output, _, with_caption = run(
-        tmp_path, server, "jsonl", "webdataset", encode_format=encode_format,
+        tmp_path,
+        server,
+        "jsonl",
+        "webdataset",
+        encode_format=encode_format,
         encode_quality=9 if encode_format == "png" else 90,
     )
     images = stored_images(output, "webdataset", encode_format)
@@ -202,7 +228,15 @@ def test_encode_formats(tmp_path, server, encode_format):
 
 
 def test_exif_is_extracted_as_json(tmp_path, server):
-    url_list = write_url_list([{"url": server.url("/exif.jpg")}, {"url": server.url("/img/32x32.png")}], tmp_path / "u.jsonl", "jsonl")
-    download(str(url_list), input_format="jsonl", output_folder=str(tmp_path / "out"), output_format="parquet", thread_count=2)
+    url_list = write_url_list(
+        [{"url": server.url("/exif.jpg")}, {"url": server.url("/img/32x32.png")}], tmp_path / "u.jsonl", "jsonl"
+    )
+    download(
+        str(url_list),
+        input_format="jsonl",
+        output_folder=str(tmp_path / "out"),
+        output_format="parquet",
+        thread_count=2,
+    )
     exif = {r["url"].rsplit("/", 1)[1]: json.loads(r["exif"]) for r in read_metadata(tmp_path / "out").to_pylist()}
     assert exif == {"exif.jpg": {"Image Make": "TestCam"}, "32x32.png": {}}

@@ -1,7 +1,9 @@
 """The resizer on real encoded images, and every resize mode end to end through the server."""
+
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import cv2
 import numpy as np
@@ -10,13 +12,13 @@ import pytest
 from img2dataset_ng import download
 from img2dataset_ng.config import Config, EncodeFormat, Interpolation, ResizeMode
 from img2dataset_ng.main import download as download_fn
-from img2dataset_ng.resizer import Resizer, ResizeError
+from img2dataset_ng.resizer import ResizeError, Resizer
 from tests.outputs import image_size, read_metadata, stored_images, write_url_list
 from tests.server import make_image
 
-import inspect
-
-DEFAULTS = {n: p.default for n, p in inspect.signature(download_fn).parameters.items() if n not in ("url_list", "progress")}
+DEFAULTS = {
+    n: p.default for n, p in inspect.signature(download_fn).parameters.items() if n not in ("url_list", "progress")
+}
 
 
 def resizer(**options) -> Resizer:
@@ -55,19 +57,30 @@ def test_resize_mode_sizes(mode, only_if_bigger):
 
 def test_border_pads_with_white_and_center_crop_keeps_the_middle():
     src = make_image(400, 200, "png")
-    out = cv2.imdecode(np.frombuffer(resizer(resize_mode="border", encode_format="png", encode_quality=3)(src).data, np.uint8), 1)
+    out = cv2.imdecode(
+        np.frombuffer(resizer(resize_mode="border", encode_format="png", encode_quality=3)(src).data, np.uint8), 1
+    )
     assert out.shape == (256, 256, 3)
     assert (out[:60] == 255).all() and (out[-60:] == 255).all()  # 256x128 image centred, 64 rows of white each side
     assert not (out[100:156] == 255).all()
 
-    crop = cv2.imdecode(np.frombuffer(resizer(resize_mode="center_crop", encode_format="png", encode_quality=3)(src).data, np.uint8), 1)
+    crop = cv2.imdecode(
+        np.frombuffer(resizer(resize_mode="center_crop", encode_format="png", encode_quality=3)(src).data, np.uint8), 1
+    )
     full = cv2.resize(cv2.imdecode(np.frombuffer(src, np.uint8), 1), (512, 256), interpolation=cv2.INTER_AREA)
     diff = np.abs(crop.astype(int) - full[:, 128:384].astype(int))
     assert diff.max() <= 2 and diff.mean() < 0.5  # an off-centre crop differs by far more
 
 
-@pytest.mark.parametrize("name, interpolation", [("bilinear", Interpolation.LINEAR), ("lanczos4", Interpolation.LANCZOS),
-                                                 ("nearest", Interpolation.NEAREST), ("cubic", Interpolation.CUBIC)])
+@pytest.mark.parametrize(
+    "name, interpolation",
+    [
+        ("bilinear", Interpolation.LINEAR),
+        ("lanczos4", Interpolation.LANCZOS),
+        ("nearest", Interpolation.NEAREST),
+        ("cubic", Interpolation.CUBIC),
+    ],
+)
 def test_interpolation_names_and_aliases(name, interpolation):
     r = resizer(resize_mode="keep_ratio", upscale_interpolation=name, downscale_interpolation=name)
     assert r.config.upscale_interpolation is interpolation
@@ -78,7 +91,9 @@ def test_interpolation_names_and_aliases(name, interpolation):
 
 def test_upscale_and_downscale_use_their_own_interpolation():
     src = make_image(40, 40, "png")
-    nearest = resizer(resize_mode="keep_ratio", upscale_interpolation="nearest", encode_format="png", encode_quality=1)(src)
+    nearest = resizer(resize_mode="keep_ratio", upscale_interpolation="nearest", encode_format="png", encode_quality=1)(
+        src
+    )
     cubic = resizer(resize_mode="keep_ratio", upscale_interpolation="cubic", encode_format="png", encode_quality=1)(src)
     # nearest-neighbour upscaling makes few distinct colours per 6x6 block; cubic does not
     decoded = [cv2.imdecode(np.frombuffer(x.data, np.uint8), 1) for x in (nearest, cubic)]
@@ -146,8 +161,14 @@ def test_blur_boxes_only_changes_the_boxes():
 def test_every_resize_mode_end_to_end(tmp_path, server, mode):
     rows = [{"url": server.url(f"/img/{w}x{h}.jpg")} for w, h in SIZES]
     url_list = write_url_list(rows, tmp_path / "urls.parquet", "parquet")
-    download(str(url_list), output_folder=str(tmp_path / "out"), input_format="parquet", output_format="webdataset",
-             resize_mode=mode, thread_count=4)
+    download(
+        str(url_list),
+        output_folder=str(tmp_path / "out"),
+        input_format="parquet",
+        output_format="webdataset",
+        resize_mode=mode,
+        thread_count=4,
+    )
     meta = {r["url"]: r for r in read_metadata(tmp_path / "out").to_pylist()}
     images = stored_images(tmp_path / "out", "webdataset")
     for row, want in zip(rows, EXPECTED[mode]):
