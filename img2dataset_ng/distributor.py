@@ -1,7 +1,9 @@
 """Distributors only decide where the per-shard callable runs; retries live in `run_shards`.
 
-A distributor maps a picklable callable over an iterable of shards and yields, in completion
-order, each shard with its result or the exception it raised. `run_shards` (shared by every
+A distributor maps a picklable callable `fn(shard, report)` over an iterable of shards and yields,
+in completion order, each shard with its result or the exception it raised. `report(samples,
+successes)` is how a running shard tells the progress bar about finished samples; a distributor
+forwards it to `on_progress` in the driver where it can. `run_shards` (shared by every
 distributor) re-runs failed shards `max_shard_retry` times.
 """
 
@@ -18,13 +20,17 @@ from typing import Any, Protocol, TypeVar
 from .config import ConfigError, RunConfig
 
 logger = logging.getLogger(__name__)
+Report = Callable[[int, int], None]  # (samples, successes) finished since the last report
+ShardFn = Callable[[Any, Report], Any]
 
 S = TypeVar("S")
 R = TypeVar("R")
 
 
 class Distributor(Protocol):
-    def map(self, fn: Callable[[S], R], shards: Iterable[S]) -> Iterator[tuple[S, R | BaseException]]: ...
+    def map(
+        self, fn: ShardFn, shards: Iterable[S], on_progress: Report | None = None
+    ) -> Iterator[tuple[S, R | BaseException]]: ...
 
     def close(self) -> None: ...
 
@@ -37,8 +43,11 @@ class ShardError(RuntimeError):
     """A shard raised in a worker process; the message carries the worker's traceback."""
 
 
+PROGRESS, DONE = "progress", "done"
+
+
 def _worker_loop(conn: Connection) -> None:
-    """Runs in each worker process: receive (fn, shard), send back (True, result) or (False, error)."""
+    """Runs in each worker process: receive (fn, shard); send progress messages, then the outcome."""
     while True:
         try:
             task = conn.recv()
@@ -47,10 +56,14 @@ def _worker_loop(conn: Connection) -> None:
         if task is None:
             return
         fn, shard = task
+
+        def report(samples: int, successes: int) -> None:
+            conn.send((PROGRESS, samples, successes))
+
         try:
-            outcome: tuple[bool, Any] = (True, fn(shard))
+            outcome: tuple[str, Any, Any] = (DONE, True, fn(shard, report))
         except Exception:  # noqa: BLE001 - reported to the parent as the shard's failure
-            outcome = (False, ShardError(traceback.format_exc()))
+            outcome = (DONE, False, ShardError(traceback.format_exc()))
         conn.send(outcome)
 
 
@@ -86,7 +99,9 @@ class MultiprocessingDistributor:
         self.context = multiprocessing.get_context("spawn")
         self.idle: list[_Worker] = []
 
-    def map(self, fn: Callable[[S], R], shards: Iterable[S]) -> Iterator[tuple[S, R | BaseException]]:
+    def map(
+        self, fn: ShardFn, shards: Iterable[S], on_progress: Report | None = None
+    ) -> Iterator[tuple[S, R | BaseException]]:
         source = iter(shards)
         busy: dict[_Worker, S] = {}
         exhausted = False
@@ -104,16 +119,21 @@ class MultiprocessingDistributor:
                     break
                 ready = set(connection_wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
                 for worker in [w for w in busy if w.conn in ready or w.process.sentinel in ready]:
-                    shard = busy.pop(worker)
                     try:
-                        ok, value = worker.conn.recv()
+                        message = worker.conn.recv()
                     except (EOFError, OSError):
+                        shard = busy.pop(worker)
                         worker.process.join()
                         worker.conn.close()
                         yield shard, WorkerDied(f"worker process died with exit code {worker.process.exitcode}")
                         continue
+                    if message[0] == PROGRESS:
+                        if on_progress is not None:
+                            on_progress(message[1], message[2])
+                        continue
+                    shard = busy.pop(worker)
                     self.idle.append(worker)
-                    yield shard, value
+                    yield shard, message[2]
         finally:
             for worker in busy:  # interrupted: do not leave processes behind
                 worker.process.terminate()
@@ -141,6 +161,7 @@ def run_shards(
     shards: Iterable[S],
     max_shard_retry: int,
     on_result: Callable[[R], None],
+    on_progress: Report | None = None,
 ) -> list[S]:
     """Run `fn` over `shards`, re-running failures up to `max_shard_retry` rounds.
 
@@ -153,7 +174,7 @@ def run_shards(
         todo, failed = (shards if attempt == 0 else failed), []
         if attempt:
             logger.warning("retrying %d failed shard(s), round %d of %d", len(todo), attempt, max_shard_retry)
-        for shard, outcome in distributor.map(fn, todo):
+        for shard, outcome in distributor.map(fn, todo, on_progress):
             if isinstance(outcome, BaseException):
                 logger.error("shard %s failed: %s", getattr(shard, "shard_id", shard), outcome)
                 failed.append(shard)

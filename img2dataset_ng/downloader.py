@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
@@ -31,6 +31,7 @@ from .resizer import ResizeError, Resizer, sniff_format
 from .writer import metadata_schema, writer_for
 
 logger = logging.getLogger(__name__)
+REPORT_EVERY = 0.5  # seconds between progress reports of a running shard
 
 
 class Status(str, Enum):
@@ -145,11 +146,15 @@ class SampleProcessor:
 
 @dataclass(frozen=True)
 class ShardDownloader:
-    """Picklable: configuration only. Call it with a `Shard`; it returns the shard's stats."""
+    """Picklable: configuration only. Call it with a `Shard`; it returns the shard's stats.
+
+    `report(samples, successes)`, when given, is called about twice a second with the samples
+    finished since its last call (for a progress bar).
+    """
 
     config: Config
 
-    def __call__(self, shard: Shard) -> ShardStats:
+    def __call__(self, shard: Shard, report: Callable[[int, int], None] | None = None) -> ShardStats:
         write = self.config.write
         stats = ShardStats(shard.shard_id, start_time=time.time())
         shard_name = write.key_format.shard_name(shard.shard_id)
@@ -163,6 +168,8 @@ class ShardDownloader:
         hashes = table.column(VERIFY_HASH).to_pylist() if VERIFY_HASH in table.column_names else None
         schema = metadata_schema(table.select(input_columns).schema, write)
 
+        reported = ShardStats(shard.shard_id)  # what `report` has been told so far
+        next_report = time.monotonic() + REPORT_EVERY
         with writer_for(write, shard_name, schema) as writer:
             for index, result in self._results(rows, boxes, hashes):
                 record = {
@@ -181,6 +188,10 @@ class ShardDownloader:
                     record[write.compute_hash.value] = result.hash
                 writer.write(record, result.image)
                 stats.add(result)
+                if report is not None and (time.monotonic() >= next_report or stats.count == len(rows)):
+                    report(stats.count - reported.count, stats.successes - reported.successes)
+                    reported.count, reported.successes = stats.count, stats.successes
+                    next_report = time.monotonic() + REPORT_EVERY
 
         stats.end_time = time.time()
         stats.duration = stats.end_time - stats.start_time

@@ -64,28 +64,37 @@ class Summary:
 
 
 class Progress:
-    """A terminal progress bar fed by shard stats."""
+    """The terminal progress bar: samples done and samples/s, shards done, success rate.
+
+    Fed by running shards (`samples_done`) and by finished ones (`shard_done`, which also adds
+    the shard's stats to the summary).
+    """
 
     def __init__(self, summary: Summary, enabled: bool | None = None):
         self.summary = summary
-        self.start = time.monotonic()
+        self.samples = self.successes = 0
         self.bar = tqdm(
-            desc="shards",
-            unit="shard",
+            desc="downloading",
+            unit=" samples",
             disable=None if enabled is None else not enabled,
             file=sys.stderr,
             dynamic_ncols=True,
         )
 
-    def __call__(self, stats: ShardStats) -> None:
+    def samples_done(self, samples: int, successes: int) -> None:
+        self.samples += samples
+        self.successes += successes
+        self._postfix()
+        self.bar.update(samples)
+
+    def shard_done(self, stats: ShardStats) -> None:
         self.summary.add(stats)
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        self.bar.set_postfix_str(
-            f"samples={self.summary.count} {self.summary.count / elapsed:.1f}/s "
-            f"success={self.summary.success_rate:.1%}",
-            refresh=False,
-        )
-        self.bar.update(1)
+        self._postfix()
+        self.bar.refresh()
+
+    def _postfix(self) -> None:
+        rate = self.successes / self.samples if self.samples else 0.0
+        self.bar.set_postfix_str(f"shards={self.summary.shards_done} success={rate:.1%}", refresh=False)
 
     def close(self) -> None:
         self.bar.close()
@@ -168,7 +177,9 @@ def download(
     bar = Progress(summary, progress)
     start = time.monotonic()
     try:
-        failed = run_shards(distributor_, ShardDownloader(config), sharder, config.run.max_shard_retry, bar)
+        failed = run_shards(
+            distributor_, ShardDownloader(config), sharder, config.run.max_shard_retry, bar.shard_done, bar.samples_done
+        )
     finally:
         bar.close()
         distributor_.close()

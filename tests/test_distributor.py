@@ -20,7 +20,8 @@ class FlakyWork:
     marker_dir: str
     die: bool = False
 
-    def __call__(self, shard: int) -> int:
+    def __call__(self, shard: int, report) -> int:
+        report(shard, 0)
         marker = Path(self.marker_dir) / str(shard)
         if shard % 2 == 0 and not marker.exists():
             marker.touch()
@@ -33,13 +34,18 @@ class FlakyWork:
 @pytest.mark.parametrize("die", [False, True])
 def test_failed_shards_are_retried(tmp_path, die):
     results: list[int] = []
+    progress: list[tuple[int, int]] = []
     distributor = MultiprocessingDistributor(2)
     try:
-        failed = run_shards(distributor, FlakyWork(str(tmp_path), die), range(6), 1, results.append)
+        failed = run_shards(
+            distributor, FlakyWork(str(tmp_path), die), range(6), 1, results.append, lambda *p: progress.append(p)
+        )
     finally:
         distributor.close()
     assert failed == []
     assert sorted(results) == [0, 10, 20, 30, 40, 50]
+    # running shards report progress to the driver: every shard once, the failed ones once more
+    assert sorted(progress) == sorted([(s, 0) for s in range(6)] + [(s, 0) for s in (0, 2, 4)])
 
 
 def test_without_retry_rounds_failures_are_reported(tmp_path):
@@ -65,6 +71,7 @@ def test_progress_bar_shows_shards_samples_rate_and_success(tmp_path, server, ca
         progress=True,
     )
     err = capsys.readouterr().err
-    assert "3shard" in err.replace(" ", "") and "samples=6" in err and "success=50.0%" in err and "/s" in err
+    final = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "6 samples" in final and "samples/s" in final and "shards=3" in final and "success=50.0%" in final
     assert summary.line().startswith("3 shard(s) done: 6 samples, 3 successes (50.0%), 3 failed to download")
     assert read_metadata(tmp_path / "out").num_rows == 6
