@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,7 +156,12 @@ def onto_white(img: np.ndarray) -> np.ndarray:
 
 
 def blur_boxes(img: np.ndarray, boxes: Any) -> np.ndarray:
-    """Gaussian-blur each `[x0, y0, x1, y1]` box (relative coordinates), widened by 10% of its larger side."""
+    """Gaussian-blur each `[x0, y0, x1, y1]` box (relative coordinates), widened by 10% of its larger side.
+
+    `boxes` is a list of boxes, or its JSON text (as csv and tsv inputs hold it).
+    """
+    if isinstance(boxes, str):
+        boxes = json.loads(boxes)
     height, width = img.shape[:2]
     pixel_boxes = []
     for box in boxes:

@@ -176,3 +176,27 @@ def test_every_resize_mode_end_to_end(tmp_path, server, mode):
         assert (got["width"], got["height"]) == want
         assert image_size(images[got["key"]]["image"]) == want
     assert EncodeFormat.JPG.value == "jpg" and ResizeMode(mode)
+
+
+def test_bbox_column_blurs_from_csv_text(tmp_path, server):
+    rows = [
+        {"url": server.url("/img/200x200.png"), "faces": "[[0.1, 0.1, 0.3, 0.3]]"},
+        {"url": server.url("/img/200x200.png"), "faces": "[]"},
+    ]
+    url_list = write_url_list(rows, tmp_path / "u.csv", "csv")
+    download(
+        str(url_list),
+        input_format="csv",
+        bbox_col="faces",
+        output_folder=str(tmp_path / "out"),
+        output_format="parquet",
+        encode_format="png",
+        encode_quality=1,
+        resize_mode="no",
+        thread_count=2,
+    )
+    table = read_metadata(tmp_path / "out")
+    assert table.column("status").to_pylist() == ["success", "success"]
+    blurred, plain = (cv2.imdecode(np.frombuffer(b, np.uint8), 1).astype(int) for b in table.column("png").to_pylist())
+    assert np.abs(blurred[10:70, 10:70] - plain[10:70, 10:70]).mean() > 1
+    assert (blurred[100:, 100:] == plain[100:, 100:]).all()
