@@ -17,6 +17,8 @@ EXTRAS = {
         "flask-cors",
         "pex>=2.1",
         "ruff>=0.4",
+        "pillow",
+        "trustme",
     ],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})

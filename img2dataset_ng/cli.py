@@ -59,7 +59,9 @@ HELP = {
     "disallowed_header_directives": "X-Robots-Tag directives that refuse an image; '[]' turns it off "
     "(default: noai, noimageai, noindex, noimageindex)",
     "ignore_ssl_certificate": "skip TLS verification",
-    "max_download_bytes": "refuse bodies larger than this many bytes",
+    "max_download_bytes": "refuse bodies larger than this many bytes ('too large'), without reading them",
+    "max_image_pixels": "refuse, before decoding, images whose header declares more pixels "
+    "(decompression bombs; also capped by the machine's memory)",
     "storage_options": 'fsspec storage options as JSON, e.g. \'{"endpoint_url": "http://..."}\'',
     "progress": "show the progress bar (default: on a terminal)",
 }

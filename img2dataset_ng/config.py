@@ -78,6 +78,7 @@ RESERVED_COLUMNS = frozenset(
 )
 DEFAULT_DISALLOWED_HEADER_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
 DEFAULT_MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 
 E = TypeVar("E", bound=Enum)
 
@@ -160,6 +161,7 @@ class ResizeConfig:
     max_image_area: float
     max_aspect_ratio: float
     blur_boxes: bool
+    max_image_pixels: int
 
 
 @dataclass(frozen=True)
@@ -274,6 +276,7 @@ class Config:
             max_image_area=_at_least("max_image_area", o["max_image_area"], 0, float),
             max_aspect_ratio=_at_least("max_aspect_ratio", o["max_aspect_ratio"], 1, float),
             blur_boxes=o["bbox_col"] is not None,
+            max_image_pixels=_at_least("max_image_pixels", o["max_image_pixels"], 1),
         )
         number_sample_per_shard = read.number_sample_per_shard
         write = WriteConfig(

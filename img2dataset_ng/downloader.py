@@ -107,9 +107,10 @@ class SampleProcessor:
     def __init__(self, config: Config):
         self.config = config
         self.fetcher = Fetcher(config.fetch)
-        self.resizer = Resizer(config.resize)
         # decoding many large images at once costs memory, not speed: bound it by the cores
-        self.decode_slots = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
+        concurrent_decodes = max(2, os.cpu_count() or 2)
+        self.decode_slots = threading.BoundedSemaphore(concurrent_decodes)
+        self.resizer = Resizer(config.resize, concurrent_decodes)
 
     def __call__(self, url: str | None, boxes: Any = None, expected_hash: str | None = None) -> SampleResult:
         write = self.config.write
@@ -117,6 +118,8 @@ class SampleProcessor:
             data = self.fetcher.fetch(url)
         except FetchError as error:
             return SampleResult(Status.FAILED_TO_DOWNLOAD, error.message)
+        if not data:
+            return SampleResult(Status.FAILED_TO_DOWNLOAD, "empty body")
         if write.verify_hash_type is not None and digest(write.verify_hash_type, data) != expected_hash:
             return SampleResult(Status.FAILED_TO_DOWNLOAD, "hash mismatch")
         sample_hash = digest(write.compute_hash, data) if write.compute_hash is not None else None
@@ -245,4 +248,4 @@ class ShardDownloader:
                     done.get(timeout=0.1)
                 except queue.Empty:
                     pass
-            process.fetcher.pool.clear()
+            process.fetcher.close()

@@ -10,7 +10,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .config import DEFAULT_MAX_DOWNLOAD_BYTES, Config, ConfigError, IncrementalMode, OutputFormat
+from .config import (
+    DEFAULT_MAX_DOWNLOAD_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    Config,
+    ConfigError,
+    IncrementalMode,
+    OutputFormat,
+)
 from .distributor import make_distributor, run_shards
 from .downloader import ShardDownloader, ShardStats
 from .layout import TMP_FOLDER_NAME
@@ -140,6 +147,7 @@ def download(
     disallowed_header_directives: list[str] | None = None,
     ignore_ssl_certificate: bool = False,
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     storage_options: dict[str, Any] | None = None,
     progress: bool | None = None,
 ) -> Summary:

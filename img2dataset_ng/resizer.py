@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ import cv2
 import numpy as np
 
 from .config import EncodeFormat, Interpolation, ResizeConfig, ResizeMode
+from .imageinfo import is_truncated_jpeg, probe
 
 INTERPOLATIONS = {
     Interpolation.NEAREST: cv2.INTER_NEAREST,
@@ -22,6 +24,8 @@ INTERPOLATIONS = {
     Interpolation.LANCZOS: cv2.INTER_LANCZOS4,
 }
 WHITE = 255
+# a decoded BGRA pixel, plus room for the resized copy and the encoder's buffers
+BYTES_PER_DECODED_PIXEL = 12
 
 
 class ResizeError(Exception):
@@ -51,8 +55,9 @@ def sniff_format(data: bytes) -> EncodeFormat | None:
 
 
 class Resizer:
-    def __init__(self, config: ResizeConfig):
+    def __init__(self, config: ResizeConfig, concurrent_decodes: int = 1):
         self.config = config
+        self.max_pixels = min(config.max_image_pixels, memory_pixel_cap(concurrent_decodes))
         c = config
         if c.encode_format is EncodeFormat.JPG:
             self.encode_params = [cv2.IMWRITE_JPEG_QUALITY, c.encode_quality]
@@ -66,7 +71,7 @@ class Resizer:
         c = self.config
         if c.disable_all_reencoding:
             return Resized(data, None, None, None, None)
-        img = decode(data)
+        img = decode(data, self.max_pixels)
         original_height, original_width = img.shape[:2]
         self._check_size(original_width, original_height)
 
@@ -131,10 +136,30 @@ class Resizer:
         return img
 
 
-def decode(data: bytes) -> np.ndarray:
-    """BGR or BGRA uint8 pixels of encoded image bytes; raises ResizeError."""
-    if not data:
+def memory_pixel_cap(concurrent_decodes: int) -> int:
+    """The most pixels one decode may have so that `concurrent_decodes` of them fit in half the memory."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+    return memory // 2 // max(1, concurrent_decodes) // BYTES_PER_DECODED_PIXEL
+
+
+def decode(data: bytes, max_pixels: float = float("inf")) -> np.ndarray:
+    """BGR or BGRA uint8 pixels of encoded image bytes; raises ResizeError.
+
+    The header is read first: unknown formats, damaged headers, images that declare more than
+    `max_pixels` pixels and truncated JPEGs are refused without decoding.
+    """
+    info = probe(data)
+    if info is None:
+        raise ResizeError("unsupported image format")
+    if info.width is None or info.height is None:
         raise ResizeError("Image decoding error")
+    if info.width * info.height > max_pixels:
+        raise ResizeError("image dimensions too large")
+    if info.format == "jpg" and is_truncated_jpeg(data):
+        raise ResizeError("truncated image")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise ResizeError("Image decoding error")

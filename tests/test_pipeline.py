@@ -32,7 +32,7 @@ CORPUS = [
     ("/img/256x256.webp", "success", None),
     ("/status/404", "failed_to_download", "HTTP Error 404: Not Found"),
     ("/img/1000x200.jpg?gray=1", "success", None),
-    ("/html", "failed_to_resize", "Image decoding error"),
+    ("/html", "failed_to_resize", "unsupported image format"),
     ("/redirect/2/img/120x80.jpg", "success", None),
     ("/corrupt.jpg", "failed_to_resize", "Image decoding error"),
     ("/status/500", "failed_to_download", "HTTP Error 500: Internal Server Error"),

@@ -142,8 +142,14 @@ def test_size_filters(options, size, error):
 
 
 def test_undecodable_bytes_fail_with_a_reason():
-    for data in (b"", b"<html></html>", b"\xff\xd8\xff" + b"\0" * 100):
-        with pytest.raises(ResizeError, match="Image decoding error"):
+    for data, reason in (
+        (b"", "unsupported image format"),
+        (b"<html></html>", "unsupported image format"),
+        (b"\xff\xd8\xff" + b"\0" * 100, "Image decoding error"),
+        (make_image(64, 64, "jpg")[:-400], "truncated image"),
+        (make_image(64, 64, "png")[:-400], "Image decoding error"),
+    ):
+        with pytest.raises(ResizeError, match=reason):
             resizer()(data)
 
 
