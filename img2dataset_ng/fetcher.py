@@ -10,10 +10,11 @@ outlives its deadline, wherever it is blocked: connecting, in TLS, reading heade
 
 from __future__ import annotations
 
-import errno
 import heapq
+import http.client
 import itertools
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterable
@@ -305,25 +306,39 @@ def _seconds(retry_after: str | None) -> float | None:
         return None
 
 
+def _caused_by(error: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
+    """Whether `error`, its arguments or its context chain hold an exception of `kind`."""
+    seen: set[int] = set()
+    todo = [error]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return True
+        todo += [arg for arg in current.args if isinstance(arg, BaseException)]
+        todo += [e for e in (current.__cause__, current.__context__) if e is not None]
+    return False
+
+
 def _as_fetch_error(error: BaseException, guard: Guard) -> FetchError:
+    """A transport failure as a short, stable row reason (order matters: urllib3's
+    NewConnectionError is also a ConnectTimeoutError)."""
     if isinstance(error, (KeyboardInterrupt, SystemExit)):
         raise error
     if guard.expired:
         return FetchError("timed out", retryable=True)
-    reason = getattr(error, "reason", None)
-    if isinstance(error, (Urllib3Timeout, socket.timeout, TimeoutError)) or isinstance(reason, Urllib3Timeout):
-        return FetchError("timed out", retryable=True)
-    if isinstance(error, NameResolutionError) or isinstance(reason, NameResolutionError):
-        return FetchError("name resolution failed", retryable=True)
-    if isinstance(error, SSLError) or isinstance(reason, SSLError):
-        return FetchError("ssl error")
-    if isinstance(error, LocationParseError):
-        return FetchError("invalid url")
-    if isinstance(error, (NewConnectionError, ConnectionRefusedError)) or isinstance(reason, NewConnectionError):
-        cause = getattr(reason or error, "__context__", None) or error
-        if isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED:
-            return FetchError("connection refused", retryable=True)
-        return FetchError("connection error", retryable=True)
-    if isinstance(error, (ProtocolError, ConnectionError, HTTPError, OSError)):
-        return FetchError("connection error", retryable=True)
+    for kinds, message, retryable in (
+        (http.client.IncompleteRead, "incomplete body", True),
+        (NameResolutionError, "name resolution failed", True),
+        (ConnectionRefusedError, "connection refused", True),
+        (NewConnectionError, "connection error", True),
+        ((Urllib3Timeout, TimeoutError), "timed out", True),
+        ((SSLError, ssl.SSLError), "ssl error", False),
+        (LocationParseError, "invalid url", False),
+        ((ProtocolError, HTTPError, OSError), "connection error", True),
+    ):
+        if _caused_by(error, kinds):
+            return FetchError(message, retryable)
     return FetchError(f"download error: {type(error).__name__}")
