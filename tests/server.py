@@ -122,6 +122,7 @@ class Handler(BaseHTTPRequestHandler):
         query = dict(urllib.parse.parse_qsl(parsed.query))
         with self.server.lock:
             self.server.hits[parsed.path] = self.server.hits.get(parsed.path, 0) + 1
+            self.server.user_agents[parsed.path] = self.headers.get("User-Agent")
         try:
             self.route(parsed.path, query, headers={})
         except (BrokenPipeError, ConnectionResetError):  # the client gave up, as it should
@@ -242,6 +243,7 @@ class Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.lock = threading.Lock()
         self.hits: dict[str, int] = {}
+        self.user_agents: dict[str, str | None] = {}
         self.flaky: dict[str, int] = {}
         self.connections = 0
 

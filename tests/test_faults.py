@@ -3,12 +3,14 @@ nothing hangs, memory stays bounded, and nothing but the test servers is ever co
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 import textwrap
 import time
 import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -239,3 +241,35 @@ def test_worker_memory_stays_bounded_on_bombs_and_oversized_bodies(tmp_path, ser
     # decoding one bomb alone would take 2.7-10 GB; 8 endless bodies are capped at 50 MB each
     print("peak worker RSS MiB:", peak_mib)
     assert peak_mib < 1500, peak_mib
+
+
+@pytest.mark.parametrize("hash_type", ["md5", "sha256", "sha512"])
+def test_verify_hash_and_compute_hash(tmp_path, server, hash_type):
+    good, bad = server.url("/img/33x33.jpg"), server.url("/img/34x34.jpg")
+    digest = getattr(hashlib, hash_type)(urllib.request.urlopen(good).read()).hexdigest()
+    rows = [{"url": good, "expected": digest}, {"url": bad, "expected": digest}, {"url": good, "expected": None}]
+    url_list = write_url_list(rows, tmp_path / "u.parquet", "parquet")
+    download(
+        str(url_list),
+        input_format="parquet",
+        output_folder=str(tmp_path / "out"),
+        thread_count=3,
+        verify_hash=["expected", hash_type],
+        compute_hash=hash_type,
+        save_additional_columns=["expected"],
+    )
+    table = read_metadata(tmp_path / "out")
+    assert table.column_names[-1] == hash_type
+    got = [(r["status"], r["error_message"], r[hash_type]) for r in table.to_pylist()]
+    assert got == [
+        ("success", None, digest),
+        (DOWNLOAD_FAILS, "hash mismatch", None),
+        (DOWNLOAD_FAILS, "hash mismatch", None),
+    ]
+
+
+def test_user_agent_carries_the_token(tmp_path, server):
+    url_list = write_url_list([{"url": server.url("/img/35x35.jpg")}], tmp_path / "u.csv", "csv")
+    download(str(url_list), input_format="csv", output_folder=str(tmp_path / "out"), user_agent_token="mybot")
+    agent = server.httpd.user_agents["/img/35x35.jpg"]
+    assert agent.startswith("Mozilla/5.0") and "img2dataset-ng; mybot)" in agent
