@@ -156,7 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args["url_list"] = positional
     if "url_list" not in args:
         parser.error("url_list is required (URL_LIST or --url_list)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # our own INFO messages (the summary); other libraries' only from WARNING up
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("img2dataset_ng").setLevel(logging.INFO)
     try:
         summary = download(**args)
     except (ConfigError, InputError) as error:

@@ -9,6 +9,10 @@ distributor) re-runs failed shards `max_shard_retry` times.
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.metadata
+import importlib.util
 import logging
 import multiprocessing
 import traceback
@@ -28,6 +32,8 @@ R = TypeVar("R")
 
 
 class Distributor(Protocol):
+    reports_progress: bool  # whether `map` forwards the running shards' reports to `on_progress`
+
     def map(
         self, fn: ShardFn, shards: Iterable[S], on_progress: Report | None = None
     ) -> Iterator[tuple[S, R | BaseException]]: ...
@@ -94,10 +100,16 @@ class MultiprocessingDistributor:
     held, with `WorkerDied`, and is replaced; nothing waits forever on a dead process.
     """
 
+    reports_progress = True
+
     def __init__(self, processes_count: int):
         self.processes_count = processes_count
         self.context = multiprocessing.get_context("spawn")
         self.idle: list[_Worker] = []
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> MultiprocessingDistributor:
+        return cls(config.processes_count)
 
     def map(
         self, fn: ShardFn, shards: Iterable[S], on_progress: Report | None = None
@@ -147,12 +159,49 @@ class MultiprocessingDistributor:
 _END = object()
 
 
+DistributorFactory = Callable[[RunConfig], Distributor]
+# name -> (dotted path of a factory taking a RunConfig, the package it needs, how to install it)
+BUILTIN_DISTRIBUTORS: dict[str, tuple[str, str | None, str | None]] = {
+    "multiprocessing": ("img2dataset_ng.distributor:MultiprocessingDistributor.from_config", None, None),
+    "pyspark": ("img2dataset_ng.spark_distributor:SparkDistributor.from_config", "pyspark", "img2dataset-ng[spark]"),
+    "ray": ("img2dataset_ng.ray_distributor:RayDistributor.from_config", "ray", "img2dataset-ng[ray]"),
+}
+ENTRY_POINT_GROUP = "img2dataset_ng.distributors"
+_registered: dict[str, DistributorFactory] = {}
+
+
+def register_distributor(name: str, factory: DistributorFactory) -> None:
+    """Make `distributor=name` use `factory(run_config)`; third parties may also declare an entry point
+    in the `img2dataset_ng.distributors` group whose object is such a factory."""
+    _registered[name] = factory
+
+
+def _entry_points() -> dict[str, Any]:
+    return {entry.name: entry for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def distributor_names() -> list[str]:
+    return sorted({*BUILTIN_DISTRIBUTORS, *_registered, *_entry_points()})
+
+
+def distributor_factory(name: str) -> DistributorFactory:
+    """The factory of distributor `name`; fails at once, naming what to install when its package is missing."""
+    if name in _registered:
+        return _registered[name]
+    if name in BUILTIN_DISTRIBUTORS:
+        target, package, install = BUILTIN_DISTRIBUTORS[name]
+        if package is not None and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"distributor {name!r} needs the {package} package: pip install '{install}'")
+        module, _, attribute = target.partition(":")
+        return functools.reduce(getattr, attribute.split("."), importlib.import_module(module))
+    entry_points = _entry_points()
+    if name in entry_points:
+        return entry_points[name].load()
+    raise ConfigError(f"distributor must be one of {', '.join(distributor_names())}; got {name!r}")
+
+
 def make_distributor(config: RunConfig) -> Distributor:
-    if config.distributor == "multiprocessing":
-        return MultiprocessingDistributor(config.processes_count)
-    if config.distributor in ("pyspark", "ray"):
-        raise ConfigError(f"distributor {config.distributor!r} is not available in this version; use multiprocessing")
-    raise ConfigError(f"distributor must be one of multiprocessing, pyspark, ray; got {config.distributor!r}")
+    return distributor_factory(config.distributor)(config)
 
 
 def run_shards(

@@ -77,8 +77,9 @@ class Progress:
     the shard's stats to the summary).
     """
 
-    def __init__(self, summary: Summary, enabled: bool | None = None):
+    def __init__(self, summary: Summary, enabled: bool | None = None, live: bool = True):
         self.summary = summary
+        self.live = live  # whether running shards report; otherwise finished shards are counted whole
         self.samples = self.successes = 0
         self.bar = tqdm(
             desc="downloading",
@@ -96,6 +97,8 @@ class Progress:
 
     def shard_done(self, stats: ShardStats) -> None:
         self.summary.add(stats)
+        if not self.live:
+            self.samples_done(stats.count, stats.successes)
         self._postfix()
         self.bar.refresh()
 
@@ -182,7 +185,7 @@ def download(
     tmp = folder.child(TMP_FOLDER_NAME)
     sharder = Sharder(reader, config.write.key_format, tmp, first_shard_id, skip)
     summary = Summary(output_folder=folder.url)
-    bar = Progress(summary, progress)
+    bar = Progress(summary, progress, live=distributor_.reports_progress)
     start = time.monotonic()
     try:
         failed = run_shards(

@@ -1,0 +1,78 @@
+"""distributor="ray": shards run as Ray tasks on the running cluster, or on a local Ray.
+
+The cluster is found the way `ray.init` finds it: `RAY_ADDRESS`, else a cluster already running on
+this machine (`address="auto"`), else a local instance started here and stopped at the end. At most
+2 x the cluster's CPUs shards are in flight. A worker that dies mid-shard is retried by Ray (the
+shard is rewritten from scratch); a shard that raises is retried by `run_shards`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import ray
+
+from .config import RunConfig
+from .distributor import Report, ShardFn
+
+logger = logging.getLogger(__name__)
+
+
+def _ignore_progress(samples: int, successes: int) -> None:
+    """Ray tasks do not report to the driver; the progress bar counts finished shards."""
+
+
+@ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)
+def _run_shard(fn: ShardFn, shard: Any) -> Any:
+    return fn(shard, _ignore_progress)
+
+
+class RayDistributor:
+    reports_progress = False
+
+    def __init__(self, processes_count: int):
+        self.owned = False
+        if not ray.is_initialized():
+            if os.environ.get("RAY_ADDRESS"):
+                ray.init()
+            else:
+                try:
+                    ray.init(address="auto")
+                except ConnectionError:
+                    logger.info("no running Ray cluster: starting a local one with %d CPUs", processes_count)
+                    ray.init(num_cpus=processes_count, include_dashboard=False)
+            self.owned = True
+        self.window = max(1, 2 * int(ray.cluster_resources().get("CPU", processes_count)))
+
+    @classmethod
+    def from_config(cls, config: RunConfig) -> RayDistributor:
+        return cls(config.processes_count)
+
+    def map(self, fn: ShardFn, shards: Iterable[Any], on_progress: Report | None = None) -> Iterator[tuple[Any, Any]]:
+        source = iter(shards)
+        fn_ref = ray.put(fn)
+        pending: dict[ray.ObjectRef, Any] = {}
+        exhausted = False
+        while pending or not exhausted:
+            while not exhausted and len(pending) < self.window:
+                shard = next(source, None)
+                if shard is None:
+                    exhausted = True
+                else:
+                    pending[_run_shard.remote(fn_ref, shard)] = shard
+            if not pending:
+                break
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            shard = pending.pop(ready)
+            try:
+                outcome = ray.get(ready)
+            except Exception as error:  # noqa: BLE001 - the shard's failure, retried by run_shards
+                outcome = error
+            yield shard, outcome
+
+    def close(self) -> None:
+        if self.owned:
+            ray.shutdown()

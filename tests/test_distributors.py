@@ -1,0 +1,328 @@
+"""multiprocessing, pyspark and ray give the same output, on real engines and real clusters.
+
+pyspark runs in local mode and against a standalone master + worker started here on 127.0.0.1;
+ray runs as a local instance and against a head node started here with `ray start --head`.
+Workers are killed mid-shard to show that every shard still ends complete, without duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from img2dataset_ng import ConfigError, download
+from img2dataset_ng.distributor import register_distributor
+from tests.outputs import read_metadata, tar_samples, write_url_list
+
+pyspark = pytest.importorskip("pyspark")
+ray = pytest.importorskip("ray")
+from pyspark.sql import SparkSession  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def url_list(tmp_path: Path, server, n: int = 22, delay: float = 0.0) -> Path:
+    rows = []
+    for i in range(n):
+        path = "/status/404" if i % 5 == 2 else "/html" if i % 7 == 3 else f"/img/{40 + i}x30.jpg"
+        rows.append({"url": server.url(f"/slow/{delay}{path}" if delay else path), "caption": f"caption {i}"})
+    return write_url_list(rows, tmp_path / "urls.parquet", "parquet")
+
+
+def run(urls: Path, output: Path, distributor: str, output_format: str = "webdataset", **extra):
+    return download(
+        str(urls),
+        input_format="parquet",
+        caption_col="caption",
+        output_folder=str(output),
+        output_format=output_format,
+        number_sample_per_shard=4,
+        thread_count=2,
+        processes_count=2,
+        distributor=distributor,
+        **extra,
+    )
+
+
+def outcome(output: Path, output_format: str = "webdataset") -> dict:
+    """Everything that must not depend on the distributor: files, rows, and stored bytes."""
+    table = read_metadata(output)
+    columns = ["key", "url", "caption", "status", "error_message", "width", "height", "sha256"]
+    if output_format == "parquet":
+        columns.append("jpg")
+    columns_values = [table.column(c).to_pylist() for c in columns]
+    columns_values[1] = [url.replace("/slow/0.3/", "/") for url in columns_values[1]]  # same image, served slowly
+    rows = sorted(zip(*columns_values))
+    tars = {p.name: sorted((k, sorted(m.items())) for k, m in tar_samples(p)[1].items()) for p in output.glob("*.tar")}
+    for members in tars.values():  # the json member holds the same metadata as the parquet row, exif included
+        for _, sample in members:
+            sample[:] = [(ext, data) for ext, data in sample if ext != "json"]
+    return {"files": sorted(p.name for p in output.iterdir()), "rows": rows, "tars": tars}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, server) -> Iterator[dict]:
+    """The multiprocessing output of the contract list, for both formats."""
+    tmp = tmp_path_factory.mktemp("reference")
+    urls = url_list(tmp, server)
+    outcomes = {}
+    for fmt in ("webdataset", "parquet"):
+        run(urls, tmp / fmt, "multiprocessing", fmt)
+        outcomes[fmt] = outcome(tmp / fmt, fmt)
+    yield outcomes
+
+
+@pytest.fixture(scope="module")
+def spark_standalone(tmp_path_factory) -> Iterator[str]:
+    """A Spark standalone master and one worker (2 cores) on 127.0.0.1, stopped by PID at the end."""
+    home = Path(pyspark.__file__).parent
+    logs = tmp_path_factory.mktemp("spark")
+    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_WORKER_DIR": str(logs / "work")}
+    port = free_port()
+    url = f"spark://127.0.0.1:{port}"
+    spark_class = str(home / "bin" / "spark-class")
+    commands = {
+        "master": [
+            spark_class,
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--webui-port",
+            str(free_port()),
+        ],
+        "worker": [
+            spark_class,
+            "org.apache.spark.deploy.worker.Worker",
+            "--cores",
+            "2",
+            "--memory",
+            "2g",
+            "--host",
+            "127.0.0.1",
+            "--webui-port",
+            str(free_port()),
+            url,
+        ],
+    }
+    ready = {"master": "New state: ALIVE", "worker": "Successfully registered with master"}
+    processes = []
+    try:
+        for name, command in commands.items():
+            log = logs / f"{name}.log"
+            with open(log, "w") as out:
+                processes.append(
+                    subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                )
+            wait_for(lambda log=log, name=name: ready[name] in log.read_text(), 120, f"spark {name} did not start")
+        yield url
+    finally:
+        for process in reversed(processes):  # each in its own session: its executors go with it
+            stop_group(process)
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[str]:
+    """`ray start --head` on 127.0.0.1 in its own session, stopped by PID (never `ray stop`)."""
+    port = free_port()
+    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # ray's socket paths must stay short
+    process = subprocess.Popen(
+        [
+            "ray",
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _ray_reachable(address), 120, "ray head did not start")
+        yield address
+    finally:
+        stop_group(process)
+
+
+def _ray_reachable(address: str) -> bool:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "status", f"--address={address}"], capture_output=True, timeout=60
+    )
+    return result.returncode == 0
+
+
+def wait_for(condition, seconds: float, message: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(message)
+        time.sleep(0.5)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 20)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def processes() -> Iterator[tuple[int, str]]:
+    """(pid, full command line) of every process (ps would cut long command lines)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                yield int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                pass
+
+
+def kill_first(pattern: str, after: Path, seconds: float = 120) -> threading.Thread:
+    """In the background: once a shard is done in `after`, SIGKILL the first process whose command line
+    holds `pattern`; the thread's `killed` attribute records the pid."""
+
+    def work() -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if list(after.glob("*_stats.json")):
+                for pid, command in processes():
+                    if pattern in command and pid != os.getpid():
+                        os.kill(pid, signal.SIGKILL)
+                        thread.killed = pid
+                        return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.killed = None
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def spark_local():
+    yield
+    assert SparkSession.getActiveSession() is None, "the local session was left running"
+
+
+@pytest.mark.parametrize("output_format", ["webdataset", "parquet"])
+@pytest.mark.parametrize("distributor", ["multiprocessing", "pyspark", "ray"])
+def test_same_output_from_every_distributor(tmp_path, server, reference, distributor, output_format):
+    summary = run(url_list(tmp_path, server), tmp_path / "out", distributor, output_format)
+    assert summary.shards_done == 6 and summary.count == 22
+    assert outcome(tmp_path / "out", output_format) == reference[output_format]
+    if distributor == "pyspark":
+        assert SparkSession.getActiveSession() is None  # the local session it started is stopped
+    if distributor == "ray":
+        assert not ray.is_initialized()  # the local instance it started is shut down
+
+
+def test_pyspark_on_a_standalone_cluster_survives_a_killed_executor(tmp_path, server, reference, spark_standalone):
+    urls = url_list(tmp_path, server, delay=0.3)
+    spark = (
+        SparkSession.builder.master(spark_standalone)
+        .appName("img2dataset-ng-test")
+        .config("spark.pyspark.python", sys.executable)
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.executor.memory", "1g")
+        .config("spark.task.maxFailures", "4")
+        .getOrCreate()
+    )
+    try:
+        killer = kill_first("CoarseGrainedExecutorBackend", tmp_path / "out")
+        summary = run(urls, tmp_path / "out", "pyspark")
+        killer.join(1)
+        assert killer.killed is not None, "no executor was killed"
+        assert SparkSession.getActiveSession() is spark  # the user's session is used, and left running
+    finally:
+        spark.stop()
+    assert summary.failed_shards == [] and summary.shards_done == 6
+    assert outcome(tmp_path / "out") == reference["webdataset"]
+
+
+def test_ray_on_a_head_node_survives_a_killed_worker(tmp_path, server, reference, ray_head, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", ray_head)
+    urls = url_list(tmp_path, server, delay=0.3)
+    killer = kill_first("ray::_run_shard", tmp_path / "out")
+    summary = run(urls, tmp_path / "out", "ray")
+    killer.join(1)
+    assert killer.killed is not None, "no ray worker was killed"
+    assert not ray.is_initialized()
+    assert summary.failed_shards == [] and summary.shards_done == 6
+    assert outcome(tmp_path / "out") == reference["webdataset"]
+
+
+def test_spark_speculation_is_refused(tmp_path, server):
+    spark = (
+        SparkSession.builder.master("local[1]")
+        .config("spark.speculation", "true")
+        .config("spark.ui.enabled", "false")
+        .getOrCreate()
+    )
+    try:
+        with pytest.raises(ConfigError, match="spark.speculation"):
+            run(url_list(tmp_path, server, n=2), tmp_path / "out", "pyspark")
+    finally:
+        spark.stop()
+
+
+class ListDistributor:
+    """A third-party distributor: runs shards one after the other in this process."""
+
+    reports_progress = True
+    seen: list[int] = []
+
+    def __init__(self, config):
+        self.config = config
+
+    def map(self, fn, shards, on_progress=None):
+        for shard in shards:
+            ListDistributor.seen.append(shard.shard_id)
+            yield shard, fn(shard, on_progress or (lambda *_: None))
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_third_party_distributor_can_be_registered(tmp_path, server, reference):
+    register_distributor("in-process", ListDistributor)
+    run(url_list(tmp_path, server), tmp_path / "out", "in-process")
+    assert sorted(ListDistributor.seen) == list(range(6))
+    assert outcome(tmp_path / "out") == reference["webdataset"]
+
+
+def test_missing_engine_fails_at_once_with_an_install_hint(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"needs the ray package: pip install 'img2dataset-ng\[ray\]'"):
+        download(str(tmp_path / "u.txt"), distributor="ray", output_folder=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
