@@ -23,7 +23,8 @@ HELP = {
     "url_list": "file or folder of url lists (any fsspec url)",
     "image_size": "target size in pixels",
     "output_folder": "where shards go (any fsspec url)",
-    "processes_count": "worker processes; size of a local Spark session",
+    "processes_count": "worker processes (multiprocessing); size of a local Spark session or Ray instance "
+    "(a running cluster brings its own)",
     "resize_mode": "no, border, keep_ratio, keep_ratio_largest, center_crop",
     "resize_only_if_bigger": "never upscale; leave images that are not bigger untouched",
     "upscale_interpolation": "nearest, linear, cubic, area, lanczos",
@@ -47,7 +48,7 @@ HELP = {
     "compute_hash": "None, md5, sha256, sha512",
     "verify_hash": "[column, hash_type]: fail samples whose hash differs",
     "distributor": "multiprocessing, pyspark, ray",
-    "subjob_size": "shards per Spark job",
+    "subjob_size": "pyspark: the most shards in flight at once, each its own Spark job (at most 2 x the cores)",
     "retries": "extra download attempts per url (timeouts, connection errors, 429, 5xx)",
     "disable_all_reencoding": "store the downloaded bytes as they are",
     "min_image_size": "refuse images whose smaller side is below this",
@@ -63,6 +64,7 @@ HELP = {
     "max_image_pixels": "refuse, before decoding, images whose header declares more pixels "
     "(decompression bombs; also capped by the machine's memory)",
     "storage_options": 'fsspec storage options as JSON, e.g. \'{"endpoint_url": "http://..."}\'',
+    "tmp_folder": "where shard inputs wait for workers; all workers must read it (default: OUTPUT/_tmp)",
     "progress": "show the progress bar (default: on a terminal)",
 }
 TRUE, FALSE = {"true", "1", "yes", "y"}, {"false", "0", "no", "n"}

@@ -7,8 +7,10 @@ filesystem it is.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +41,30 @@ class KeyFormat:
         return str(shard_id * 10**digits + row).zfill(digits + self.oom_shard_count)
 
 
+def stable_id(text: str) -> str:
+    """A short name derived from `text` (to keep the temporary files of different runs apart)."""
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
 def shard_id_of(name: str) -> int | None:
     """The shard id of an output folder entry (`00042.tar`, `00042_stats.json`, `00042/`), else None."""
     match = _SHARD_ENTRY.match(name)
     return int(match.group(1)) if match else None
+
+
+def filesystem(url: str, storage_options: Mapping[str, Any] = ()) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and path of `url`.
+
+    `storage_options` are the filesystem's options (`{"endpoint_url": ...}`), or options keyed by
+    protocol (`{"s3": {...}, "gcs": {...}}`) when a run reads from one store and writes to another.
+    """
+    options = dict(storage_options)
+    if options and all(isinstance(v, dict) for v in options.values()) and set(options) <= _PROTOCOLS:
+        options = options.get(fsspec.utils.get_protocol(url), {})
+    return fsspec.core.url_to_fs(url, **options)
+
+
+_PROTOCOLS = set(fsspec.available_protocols()) | {"file", "local"}
 
 
 @dataclass(frozen=True)
@@ -58,13 +80,11 @@ class OutputFolder:
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
-        fs, _ = fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
-        return fs
+        return filesystem(self.url, dict(self.storage_options))[0]
 
     @property
     def root(self) -> str:
-        _, path = fsspec.core.url_to_fs(self.url, **dict(self.storage_options))
-        return path.rstrip("/")
+        return filesystem(self.url, dict(self.storage_options))[1].rstrip("/")
 
     def path(self, *names: str) -> str:
         return "/".join([self.root, *names])
@@ -75,6 +95,7 @@ class OutputFolder:
     def names(self) -> list[str]:
         """Base names of the entries directly in the folder ([] when it does not exist)."""
         fs, root = self.fs, self.root
+        fs.invalidate_cache(root)  # object stores cache listings; this one must be fresh
         if not fs.exists(root):
             return []
         return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(root, detail=False))
@@ -94,6 +115,7 @@ class OutputFolder:
     def remove_shard_outputs(self, shard_name: str) -> None:
         """Delete what an interrupted attempt at this shard may have left (stats file first)."""
         fs = self.fs
+        fs.invalidate_cache(self.root)
         for name in (shard_name + STATS_SUFFIX, *(shard_name + ext for ext in SHARD_FILE_EXTENSIONS), shard_name):
             if fs.exists(self.path(name)):
                 fs.rm(self.path(name), recursive=True)

@@ -20,7 +20,7 @@ from .config import (
 )
 from .distributor import make_distributor, run_shards
 from .downloader import ShardDownloader, ShardStats
-from .layout import TMP_FOLDER_NAME
+from .layout import TMP_FOLDER_NAME, OutputFolder, stable_id
 from .reader import Sharder, UrlListReader
 
 logger = logging.getLogger(__name__)
@@ -152,15 +152,20 @@ def download(
     max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     storage_options: dict[str, Any] | None = None,
+    tmp_folder: str | None = None,
     progress: bool | None = None,
 ) -> Summary:
-    """Download the images of `url_list` into `output_folder`; see docs/user_guide.md for every option.
+    """Download the images of `url_list` into `output_folder`; returns a `Summary` of the run.
 
+    The options are img2dataset's (see `img2dataset-ng --help` and the README), plus:
+    `max_download_bytes`, `max_image_pixels`; `storage_options` (fsspec options for the input and
+    output filesystems, or such options keyed by protocol); `tmp_folder`, where the shards' input
+    rows wait for a worker (default: `_tmp/` in the output folder; every worker must read it);
+    `progress` (None: the progress bar shows only on a terminal).
     `disallowed_header_directives=None` means the default list (noai, noimageai, noindex,
-    noimageindex); `[]` turns the X-Robots-Tag check off. `progress=None` shows the progress bar
-    only on a terminal.
+    noimageindex); `[]` turns the X-Robots-Tag check off.
     """
-    options = {name: value for name, value in locals().items() if name != "progress"}
+    options = {name: value for name, value in locals().items() if name not in ("progress", "tmp_folder")}
     config = Config.from_options(**options)
     if config.write.output_format is OutputFormat.TFRECORD:
         raise ConfigError("output_format 'tfrecord' is not available in this version")
@@ -182,7 +187,11 @@ def download(
         skip = frozenset(folder.finished_shards())
     folder.fs.makedirs(folder.root, exist_ok=True)
 
-    tmp = folder.child(TMP_FOLDER_NAME)
+    tmp = (
+        folder.child(TMP_FOLDER_NAME)
+        if tmp_folder is None
+        else OutputFolder.of(tmp_folder, storage_options).child(f"img2dataset_ng_{stable_id(folder.url)}")
+    )
     sharder = Sharder(reader, config.write.key_format, tmp, first_shard_id, skip)
     summary = Summary(output_folder=folder.url)
     bar = Progress(summary, progress, live=distributor_.reports_progress)

@@ -1,9 +1,10 @@
 """distributor="ray": shards run as Ray tasks on the running cluster, or on a local Ray.
 
 The cluster is found the way `ray.init` finds it: `RAY_ADDRESS`, else a cluster already running on
-this machine (`address="auto"`), else a local instance started here and stopped at the end. At most
-2 x the cluster's CPUs shards are in flight. A worker that dies mid-shard is retried by Ray (the
-shard is rewritten from scratch); a shard that raises is retried by `run_shards`.
+this machine (`address="auto"`), else a local instance started here and stopped at the end.
+At most 2 x the cluster's CPUs shards are in flight (`subjob_size` plays no part). A worker that
+dies mid-shard is retried by Ray (the shard is rewritten from scratch); a shard that raises is
+retried by `run_shards`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,12 @@ class RayDistributor:
                     logger.info("no running Ray cluster: starting a local one with %d CPUs", processes_count)
                     ray.init(num_cpus=processes_count, include_dashboard=False)
             self.owned = True
-        self.window = max(1, 2 * int(ray.cluster_resources().get("CPU", processes_count)))
+        self.processes_count = processes_count
+
+    @property
+    def window(self) -> int:
+        """Shards in flight: twice the cluster's CPUs, read again as shards finish (nodes may join)."""
+        return max(1, 2 * int(ray.cluster_resources().get("CPU", self.processes_count)))
 
     @classmethod
     def from_config(cls, config: RunConfig) -> RayDistributor:

@@ -15,14 +15,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
 from .config import InputFormat, ReadConfig
-from .layout import KeyFormat, OutputFolder
+from .layout import KeyFormat, OutputFolder, filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +36,15 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class Shard:
-    """One unit of work: an id and the arrow file holding its rows."""
+    """One unit of work: an id and the arrow file (in a folder every worker can read) holding its rows."""
 
     shard_id: int
-    path: str
+    folder: OutputFolder
+    file_name: str
     row_count: int
-    storage_options: tuple[tuple[str, Any], ...] = ()
 
     def read(self) -> pa.Table:
-        with fsspec.open(self.path, "rb", **dict(self.storage_options)) as f:
+        with self.folder.fs.open(self.folder.path(self.file_name), "rb") as f:
             return feather.read_table(f)
 
 
@@ -58,7 +57,7 @@ class UrlListReader:
 
     def __init__(self, config: ReadConfig):
         self.config = config
-        self.fs, root = fsspec.core.url_to_fs(config.url_list, **dict(config.storage_options))
+        self.fs, root = filesystem(config.url_list, dict(config.storage_options))
         self.files = self._list_files(root)
         # input column -> output column, in output order
         self.columns: dict[str, str] = {}
@@ -310,9 +309,9 @@ class Sharder:
             yield pa.concat_tables(pending)
 
     def _write(self, shard_id: int, rows: pa.Table) -> Shard:
-        fs = self.tmp_folder.fs
-        path = self.tmp_folder.path(f"{self.key_format.shard_name(shard_id)}.feather")
-        fs.makedirs(self.tmp_folder.root, exist_ok=True)
-        with fs.open(path, "wb") as f:
+        folder = self.tmp_folder
+        file_name = f"{self.key_format.shard_name(shard_id)}.feather"
+        folder.fs.makedirs(folder.root, exist_ok=True)
+        with folder.fs.open(folder.path(file_name), "wb") as f:
             feather.write_feather(rows.combine_chunks(), f, compression="uncompressed")
-        return Shard(shard_id, fs.unstrip_protocol(path), rows.num_rows, self.tmp_folder.storage_options)
+        return Shard(shard_id, folder, file_name, rows.num_rows)

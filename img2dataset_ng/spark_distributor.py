@@ -53,7 +53,12 @@ class SparkDistributor:
                 "spark.speculation is on: two attempts of one shard would write the same files at once; "
                 "turn it off for img2dataset-ng"
             )
-        self.window = max(1, min(subjob_size, 2 * context.defaultParallelism))
+        self.subjob_size = subjob_size
+
+    @property
+    def window(self) -> int:
+        """Shards in flight; read again as shards finish, since executors may still be joining."""
+        return max(1, min(self.subjob_size, 2 * self.session.sparkContext.defaultParallelism))
 
     @classmethod
     def from_config(cls, config: RunConfig) -> SparkDistributor:
@@ -67,7 +72,7 @@ class SparkDistributor:
     def map(self, fn: ShardFn, shards: Iterable[Any], on_progress: Report | None = None) -> Iterator[tuple[Any, Any]]:
         source = iter(shards)
         pending: dict[Future, Any] = {}
-        with ThreadPoolExecutor(self.window, thread_name_prefix="spark-shard") as threads:
+        with ThreadPoolExecutor(self.subjob_size, thread_name_prefix="spark-shard") as threads:
             exhausted = False
             while pending or not exhausted:
                 while not exhausted and len(pending) < self.window:

@@ -72,11 +72,11 @@ class ShardWriter:
         """Store one successful sample."""
 
     def close(self, failed: bool = False) -> None:
-        self.close_images()
+        self.close_images(failed)
         if not failed:
             self.write_metadata()
 
-    def close_images(self) -> None:
+    def close_images(self, failed: bool) -> None:
         """Close the format's own handles."""
 
     def write_metadata(self) -> None:
@@ -84,6 +84,15 @@ class ShardWriter:
         table = pa.Table.from_pylist(rows, schema=self.schema)
         with self.fs.open(self.folder.path(f"{self.shard_name}.parquet"), "wb") as f:
             pq.write_table(table, f)
+
+
+def close_file(file: Any, failed: bool) -> None:
+    """Close `file`; after a failure, an upload that can be discarded (object stores) is discarded, not committed."""
+    discard = getattr(file, "discard", None) if failed else None
+    if discard is not None:
+        discard()
+    else:
+        file.close()
 
 
 def sample_json(record: dict[str, Any]) -> bytes:
@@ -109,11 +118,12 @@ class WebDatasetWriter(ShardWriter):
         info.size, info.mtime, info.mode = len(data), mtime, 0o444
         self.tar.addfile(info, io.BytesIO(data))
 
-    def close_images(self) -> None:
+    def close_images(self, failed: bool) -> None:
         try:
-            self.tar.close()
+            if not failed:
+                self.tar.close()
         finally:
-            self.file.close()
+            close_file(self.file, failed)
 
 
 class FilesWriter(ShardWriter):
@@ -153,9 +163,9 @@ class ParquetWriter(ShardWriter):
         try:
             if not failed:
                 self._flush()
-            self.parquet.close()
+                self.parquet.close()
         finally:
-            self.file.close()
+            close_file(self.file, failed)
 
 
 class DummyWriter(ShardWriter):

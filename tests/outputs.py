@@ -100,3 +100,25 @@ def stored_images(folder: Path, output_format: str, encode_format: str = "jpg") 
             if row[encode_format] is not None:
                 out[row["key"]] = {"image": row[encode_format], "json": row, "txt": row.get("caption")}
     return out
+
+
+class InProcessDistributor:
+    """A distributor as a third party writes one: runs the shards one after the other in this process."""
+
+    reports_progress = True
+    seen: list[int] = []  # shard ids run, over all instances
+
+    def __init__(self, config) -> None:
+        self.config = config
+
+    def map(self, fn, shards, on_progress=None):
+        for shard in shards:
+            InProcessDistributor.seen.append(shard.shard_id)
+            try:
+                outcome = fn(shard, on_progress or (lambda *_: None))
+            except Exception as error:  # noqa: BLE001 - the shard's failure, for run_shards to retry
+                outcome = error
+            yield shard, outcome
+
+    def close(self) -> None:
+        pass

@@ -22,7 +22,7 @@ import pytest
 
 from img2dataset_ng import ConfigError, download
 from img2dataset_ng.distributor import register_distributor
-from tests.outputs import read_metadata, tar_samples, write_url_list
+from tests.outputs import InProcessDistributor, read_metadata, tar_samples, write_url_list
 
 pyspark = pytest.importorskip("pyspark")
 ray = pytest.importorskip("ray")
@@ -293,28 +293,11 @@ def test_spark_speculation_is_refused(tmp_path, server):
         spark.stop()
 
 
-class ListDistributor:
-    """A third-party distributor: runs shards one after the other in this process."""
-
-    reports_progress = True
-    seen: list[int] = []
-
-    def __init__(self, config):
-        self.config = config
-
-    def map(self, fn, shards, on_progress=None):
-        for shard in shards:
-            ListDistributor.seen.append(shard.shard_id)
-            yield shard, fn(shard, on_progress or (lambda *_: None))
-
-    def close(self) -> None:
-        pass
-
-
 def test_a_third_party_distributor_can_be_registered(tmp_path, server, reference):
-    register_distributor("in-process", ListDistributor)
+    register_distributor("in-process", InProcessDistributor)
+    InProcessDistributor.seen.clear()
     run(url_list(tmp_path, server), tmp_path / "out", "in-process")
-    assert sorted(ListDistributor.seen) == list(range(6))
+    assert sorted(InProcessDistributor.seen) == list(range(6))
     assert outcome(tmp_path / "out") == reference["webdataset"]
 
 
