@@ -2,18 +2,33 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# wheels of what the pex packs (pex/requirements.txt), fetched at install so that it builds offline
+WHEELHOUSE := wheelhouse
 # The suite runs in a network namespace that has only loopback: nothing can leave this machine.
 LOOPBACK_ONLY := unshare --net sh -c 'ip link set lo up && exec "$$0" "$$@"'
 
-.PHONY: install demo test lint java clean bench-reader
+.PHONY: install demo test lint java clean bench-reader pex
 
-install: $(STAMP)
+install: $(STAMP) $(WHEELHOUSE)/.stamp
 
 $(STAMP): setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[all]'
 	touch $(STAMP)
+
+$(WHEELHOUSE)/.stamp: pex/requirements.txt $(STAMP)
+	$(PY) -m pip wheel -q -w $(WHEELHOUSE) -r pex/requirements.txt
+	touch $@
+
+# img2dataset.pex: img2dataset-ng, pyspark, s3fs and their dependencies for this Python and platform;
+# run scripts with it (`./img2dataset.pex script.py`) and point PYSPARK_PYTHON at it (docs/pex.md)
+pex: install
+	rm -rf $(WHEELHOUSE)/self
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(WHEELHOUSE)/self .
+	$(VENV)/bin/pex img2dataset-ng -r pex/requirements.txt --no-pypi --find-links $(WHEELHOUSE) \
+		--find-links $(WHEELHOUSE)/self --python-shebang '/usr/bin/env python3' -o img2dataset.pex
+	@ls -la img2dataset.pex
 
 java:
 	@command -v java >/dev/null || (apt-get update -q && apt-get install -y -q default-jre-headless)

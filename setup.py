@@ -16,6 +16,7 @@ EXTRAS = {
         "flask",
         "flask-cors",
         "pex>=2.1",
+        "wheel",
         "ruff>=0.4",
         "pillow",
         "trustme",

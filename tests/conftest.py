@@ -3,6 +3,7 @@ import sys
 
 import pytest
 
+from tests.clusters import ray_head, spark_standalone  # noqa: F401 - shared fixtures
 from tests.server import ImageServer
 
 # Never reach beyond this machine from a test (see ../shared/COMPONENTS.md); child processes inherit these.

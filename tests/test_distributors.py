@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,17 +19,12 @@ import pytest
 
 from img2dataset_ng import ConfigError, download
 from img2dataset_ng.distributor import register_distributor
+from tests.clusters import processes
 from tests.outputs import InProcessDistributor, read_metadata, tar_samples, write_url_list
 
 pyspark = pytest.importorskip("pyspark")
 ray = pytest.importorskip("ray")
 from pyspark.sql import SparkSession  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def url_list(tmp_path: Path, server, n: int = 22, delay: float = 0.0) -> Path:
@@ -86,125 +78,6 @@ def reference(tmp_path_factory, server) -> Iterator[dict]:
     yield outcomes
 
 
-@pytest.fixture(scope="module")
-def spark_standalone(tmp_path_factory) -> Iterator[str]:
-    """A Spark standalone master and one worker (2 cores) on 127.0.0.1, stopped by PID at the end."""
-    home = Path(pyspark.__file__).parent
-    logs = tmp_path_factory.mktemp("spark")
-    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_WORKER_DIR": str(logs / "work")}
-    port = free_port()
-    url = f"spark://127.0.0.1:{port}"
-    spark_class = str(home / "bin" / "spark-class")
-    commands = {
-        "master": [
-            spark_class,
-            "org.apache.spark.deploy.master.Master",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--webui-port",
-            str(free_port()),
-        ],
-        "worker": [
-            spark_class,
-            "org.apache.spark.deploy.worker.Worker",
-            "--cores",
-            "2",
-            "--memory",
-            "2g",
-            "--host",
-            "127.0.0.1",
-            "--webui-port",
-            str(free_port()),
-            url,
-        ],
-    }
-    ready = {"master": "New state: ALIVE", "worker": "Successfully registered with master"}
-    processes = []
-    try:
-        for name, command in commands.items():
-            log = logs / f"{name}.log"
-            with open(log, "w") as out:
-                processes.append(
-                    subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-                )
-            wait_for(lambda log=log, name=name: ready[name] in log.read_text(), 120, f"spark {name} did not start")
-        yield url
-    finally:
-        for process in reversed(processes):  # each in its own session: its executors go with it
-            stop_group(process)
-
-
-@pytest.fixture(scope="module")
-def ray_head() -> Iterator[str]:
-    """`ray start --head` on 127.0.0.1 in its own session, stopped by PID (never `ray stop`)."""
-    port = free_port()
-    temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # ray's socket paths must stay short
-    process = subprocess.Popen(
-        [
-            "ray",
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            f"--temp-dir={temp_dir}",
-            "--disable-usage-stats",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
-    )
-    address = f"127.0.0.1:{port}"
-    try:
-        wait_for(lambda: _ray_reachable(address), 120, "ray head did not start")
-        yield address
-    finally:
-        stop_group(process)
-
-
-def _ray_reachable(address: str) -> bool:
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "status", f"--address={address}"], capture_output=True, timeout=60
-    )
-    return result.returncode == 0
-
-
-def wait_for(condition, seconds: float, message: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(message)
-        time.sleep(0.5)
-
-
-def stop_group(process: subprocess.Popen) -> None:
-    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 20)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-
-
-def processes() -> Iterator[tuple[int, str]]:
-    """(pid, full command line) of every process (ps would cut long command lines)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                yield int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                pass
-
-
 def kill_first(pattern: str, after: Path, seconds: float = 120) -> threading.Thread:
     """In the background: once a shard is done in `after`, SIGKILL the first process whose command line
     holds `pattern`; the thread's `killed` attribute records the pid."""
@@ -224,12 +97,6 @@ def kill_first(pattern: str, after: Path, seconds: float = 120) -> threading.Thr
     thread.killed = None
     thread.start()
     return thread
-
-
-@pytest.fixture
-def spark_local():
-    yield
-    assert SparkSession.getActiveSession() is None, "the local session was left running"
 
 
 @pytest.mark.parametrize("output_format", ["webdataset", "parquet"])
