@@ -200,10 +200,6 @@ def distributor_factory(name: str) -> DistributorFactory:
     raise ConfigError(f"distributor must be one of {', '.join(distributor_names())}; got {name!r}")
 
 
-def make_distributor(config: RunConfig) -> Distributor:
-    return distributor_factory(config.distributor)(config)
-
-
 def run_shards(
     distributor: Distributor,
     fn: Callable[[S], R],

@@ -14,14 +14,13 @@ from .config import (
     DEFAULT_MAX_DOWNLOAD_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
     Config,
-    ConfigError,
     IncrementalMode,
-    OutputFormat,
 )
-from .distributor import make_distributor, run_shards
+from .distributor import distributor_factory, run_shards
 from .downloader import ShardDownloader, ShardStats
 from .layout import TMP_FOLDER_NAME, OutputFolder, stable_id
 from .reader import Sharder, UrlListReader
+from .wandb_logger import WandbLogger
 
 logger = logging.getLogger(__name__)
 
@@ -167,11 +166,7 @@ def download(
     """
     options = {name: value for name, value in locals().items() if name not in ("progress", "tmp_folder")}
     config = Config.from_options(**options)
-    if config.write.output_format is OutputFormat.TFRECORD:
-        raise ConfigError("output_format 'tfrecord' is not available in this version")
-    if config.run.enable_wandb:
-        raise ConfigError("enable_wandb is not available in this version")
-    distributor_ = make_distributor(config.run)
+    start_distributor = distributor_factory(config.run.distributor)  # a bad name or missing engine fails now
 
     reader = UrlListReader(config.read)
     reader.check_columns()
@@ -194,11 +189,19 @@ def download(
     )
     sharder = Sharder(reader, config.write.key_format, tmp, first_shard_id, skip)
     summary = Summary(output_folder=folder.url)
+    wandb = WandbLogger(config.run.wandb_project, options) if config.run.enable_wandb else None
+    distributor_ = start_distributor(config.run)
     bar = Progress(summary, progress, live=distributor_.reports_progress)
+
+    def shard_done(stats: ShardStats) -> None:
+        bar.shard_done(stats)
+        if wandb is not None:
+            wandb.log(summary, time.monotonic() - start)
+
     start = time.monotonic()
     try:
         failed = run_shards(
-            distributor_, ShardDownloader(config), sharder, config.run.max_shard_retry, bar.shard_done, bar.samples_done
+            distributor_, ShardDownloader(config), sharder, config.run.max_shard_retry, shard_done, bar.samples_done
         )
     finally:
         bar.close()
@@ -211,4 +214,6 @@ def download(
     if summary.shards_done == 0 and not summary.failed_shards and not summary.shards_skipped:
         logger.info("no url found in %s: 0 shards, nothing to download", config.read.url_list)
     logger.info(summary.line())
+    if wandb is not None:
+        wandb.finish(summary)
     return summary
