@@ -19,6 +19,7 @@ EXTRAS = {
         "wheel",
         "ruff>=0.4",
         "pillow",
+        "tfrecord>=1.14",
         "trustme",
     ],
 }
@@ -41,6 +42,7 @@ setup(
         "urllib3>=1.26",
         "tqdm>=4.60",
         "exifread>=3.0",
+        "google-crc32c>=1.5",
     ],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["img2dataset-ng=img2dataset_ng.cli:main"]},

@@ -32,7 +32,7 @@ HELP = {
     "encode_quality": "jpg/webp quality 0-100; png compression 0-9",
     "encode_format": "jpg, png, webp",
     "skip_reencode": "keep the original bytes when no resize happened and the format matches",
-    "output_format": "files, webdataset, parquet, dummy",
+    "output_format": "files, webdataset, parquet, tfrecord, dummy",
     "input_format": "txt, txt.gz, csv, csv.gz, tsv, tsv.gz, json, json.gz, jsonl, jsonl.gz, parquet",
     "url_col": "url column",
     "caption_col": "caption column; when set, captions are saved",

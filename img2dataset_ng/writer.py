@@ -1,4 +1,4 @@
-"""Shard writers: webdataset, files, parquet, dummy. Each is a context manager that owns its handles.
+"""Shard writers: webdataset, files, parquet, dummy (and tfrecord, in tfrecord.py). Each is a context manager.
 
 `write(record, image)` takes one metadata row (a dict in schema order) and, for a success, the
 image bytes. Every row lands in `NNNNN.parquet` (all formats but dummy); images go where the
@@ -175,10 +175,13 @@ class DummyWriter(ShardWriter):
         pass
 
 
+from .tfrecord import TFRecordWriter  # noqa: E402 - it builds on ShardWriter, defined above
+
 WRITERS: dict[OutputFormat, type[ShardWriter]] = {
     OutputFormat.WEBDATASET: WebDatasetWriter,
     OutputFormat.FILES: FilesWriter,
     OutputFormat.PARQUET: ParquetWriter,
+    OutputFormat.TFRECORD: TFRecordWriter,
     OutputFormat.DUMMY: DummyWriter,
 }
 

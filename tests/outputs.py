@@ -67,6 +67,19 @@ def tar_samples(path: Path) -> tuple[list[str], dict[str, dict[str, bytes]]]:
     return names, samples
 
 
+def tfrecord_examples(path: Path) -> list[dict[str, Any]]:
+    """The Examples of a .tfrecord file, read with the independent `tfrecord` package.
+
+    {feature: value}: a single bytes value as bytes, several as a list; numbers as lists.
+    """
+    from tfrecord.reader import tfrecord_loader
+
+    return [
+        {name: value.tolist() if hasattr(value, "tolist") else value for name, value in example.items()}
+        for example in tfrecord_loader(str(path), None)
+    ]
+
+
 def image_size(data: bytes) -> tuple[int, int]:
     """(width, height) of encoded image bytes, decoded for real."""
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -99,6 +112,16 @@ def stored_images(folder: Path, output_format: str, encode_format: str = "jpg") 
         for row in table.to_pylist():
             if row[encode_format] is not None:
                 out[row["key"]] = {"image": row[encode_format], "json": row, "txt": row.get("caption")}
+    elif output_format == "tfrecord":
+        for path in sorted(folder.glob("*.tfrecord")):
+            for example in tfrecord_examples(path):
+                fields = {
+                    name: value[0] if isinstance(value, list) and len(value) == 1 else value
+                    for name, value in example.items()
+                    if name != encode_format
+                }
+                fields = {name: v.decode() if isinstance(v, bytes) else v for name, v in fields.items()}
+                out[fields["key"]] = {"image": example[encode_format], "json": fields, "txt": fields.get("txt")}
     return out
 
 

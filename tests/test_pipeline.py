@@ -22,7 +22,7 @@ from tests.outputs import (
 )
 
 INPUT_FORMATS = ["txt", "txt.gz", "csv", "csv.gz", "tsv", "tsv.gz", "json", "json.gz", "jsonl", "jsonl.gz", "parquet"]
-OUTPUT_FORMATS = ["webdataset", "files", "parquet", "dummy"]
+OUTPUT_FORMATS = ["webdataset", "files", "parquet", "tfrecord", "dummy"]
 PER_SHARD = 5
 
 # (path on the test server, expected status, expected error message)
@@ -86,6 +86,7 @@ def check_output(rows, output: Path, output_format: str, with_caption: bool, enc
         "webdataset": lambda n: [f"{n}.tar", f"{n}.parquet"],
         "files": lambda n: [n, f"{n}.parquet"],
         "parquet": lambda n: [f"{n}.parquet"],
+        "tfrecord": lambda n: [f"{n}.tfrecord", f"{n}.parquet"],
         "dummy": lambda n: [],
     }[output_format]
     expected_files = sorted(f for n in names for f in [*per_format(n), f"{n}_stats.json"])
