@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from .config import EncodeFormat, Interpolation, ResizeConfig, ResizeMode
-from .imageinfo import is_truncated_jpeg, probe
+from .imageinfo import ImageInfo, is_truncated_jpeg, probe
 
 INTERPOLATIONS = {
     Interpolation.NEAREST: cv2.INTER_NEAREST,
@@ -71,21 +71,23 @@ class Resizer:
         c = self.config
         if c.disable_all_reencoding:
             return Resized(data, None, None, None, None)
-        img = decode(data, self.max_pixels)
-        original_height, original_width = img.shape[:2]
+        info = inspect(data, self.max_pixels)
+        original_width, original_height = info.width, info.height
         self._check_size(original_width, original_height)
+        target = self._target_size(original_width, original_height)
+        img = decode(data, self._reduction(info, target))
 
-        if c.blur_boxes and boxes:
+        blurred = bool(c.blur_boxes and boxes)
+        if blurred:
             img = blur_boxes(img, boxes)
-        resized = self._resize(img)
-        if (
-            resized is img
-            and not (c.blur_boxes and boxes)
-            and c.skip_reencode
-            and sniff_format(data) is c.encode_format
-        ):
+        unchanged = target is None or (
+            target == (original_width, original_height)
+            and (c.resize_mode not in (ResizeMode.CENTER_CROP, ResizeMode.BORDER) or original_width == original_height)
+        )
+        if unchanged and not blurred and c.skip_reencode and sniff_format(data) is c.encode_format:
             return Resized(data, original_width, original_height, original_width, original_height)
-        img = resized
+        if target is not None:
+            img = self._fit(img, target, upscale=target[0] > original_width)
         if c.encode_format is EncodeFormat.JPG and img.ndim == 3 and img.shape[2] == 4:
             img = onto_white(img)
         ok, encoded = cv2.imencode(self.extension, img, self.encode_params)
@@ -103,31 +105,45 @@ class Resizer:
         if max(width, height) / max(1, min(width, height)) > c.max_aspect_ratio:
             raise ResizeError("aspect ratio too large")
 
-    def _resize(self, img: np.ndarray) -> np.ndarray:
-        """The image with its new geometry; `img` itself when nothing changes."""
+    def _target_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """The size an image of `width` x `height` is resized to before any crop or pad; None when
+        it is left untouched (resize_mode no, or resize_only_if_bigger and it is not bigger)."""
         c = self.config
         size = c.image_size
-        height, width = img.shape[:2]
         if c.resize_mode is ResizeMode.NO:
-            return img
-        if c.resize_mode in (ResizeMode.KEEP_RATIO, ResizeMode.CENTER_CROP):
-            side = min(width, height)
-        else:
-            side = max(width, height)
+            return None
+        keep_smaller_side = c.resize_mode in (ResizeMode.KEEP_RATIO, ResizeMode.CENTER_CROP)
+        side = min(width, height) if keep_smaller_side else max(width, height)
         if c.resize_only_if_bigger and side <= size:
-            return img
-        if side != size:
-            scale = size / side
-            new_width = size if side == width else max(1, round(width * scale))
-            new_height = size if side == height else max(1, round(height * scale))
-            interpolation = c.downscale_interpolation if side > size else c.upscale_interpolation
-            img = cv2.resize(img, (new_width, new_height), interpolation=INTERPOLATIONS[interpolation])
+            return None
+        scale = size / side
+        return (
+            size if side == width else max(1, round(width * scale)),
+            size if side == height else max(1, round(height * scale)),
+        )
+
+    def _reduction(self, info: ImageInfo, target: tuple[int, int] | None) -> int:
+        """1, 2, 4 or 8: how much smaller a JPEG can be decoded (in the DCT domain, far cheaper than a
+        full decode and resize) while the final resize from it stays a downscale."""
+        if info.format != "jpg" or target is None:
+            return 1
+        for factor in (8, 4, 2):
+            if info.width // factor >= target[0] and info.height // factor >= target[1]:
+                return factor
+        return 1
+
+    def _fit(self, img: np.ndarray, target: tuple[int, int], upscale: bool) -> np.ndarray:
+        """Resize `img` to `target`, then crop or pad as the mode says."""
+        c = self.config
+        size = c.image_size
+        if (img.shape[1], img.shape[0]) != target:
+            interpolation = c.upscale_interpolation if upscale else c.downscale_interpolation
+            img = cv2.resize(img, target, interpolation=INTERPOLATIONS[interpolation])
+        height, width = img.shape[:2]
         if c.resize_mode is ResizeMode.CENTER_CROP:
-            height, width = img.shape[:2]
             top, left = (height - size) // 2, (width - size) // 2
             img = img[top : top + size, left : left + size]
-        elif c.resize_mode is ResizeMode.BORDER:
-            height, width = img.shape[:2]
+        elif c.resize_mode is ResizeMode.BORDER and (width, height) != (size, size):
             top, left = (size - height) // 2, (size - width) // 2
             fill = (WHITE,) * (img.shape[2] if img.ndim == 3 else 1)
             img = cv2.copyMakeBorder(
@@ -145,12 +161,9 @@ def memory_pixel_cap(concurrent_decodes: int) -> int:
     return memory // 2 // max(1, concurrent_decodes) // BYTES_PER_DECODED_PIXEL
 
 
-def decode(data: bytes, max_pixels: float = float("inf")) -> np.ndarray:
-    """BGR or BGRA uint8 pixels of encoded image bytes; raises ResizeError.
-
-    The header is read first: unknown formats, damaged headers, images that declare more than
-    `max_pixels` pixels and truncated JPEGs are refused without decoding.
-    """
+def inspect(data: bytes, max_pixels: float = float("inf")) -> ImageInfo:
+    """The header of encoded image bytes, refusing without decoding: unknown formats, damaged
+    headers, images that declare more than `max_pixels` pixels, and truncated JPEGs."""
     info = probe(data)
     if info is None:
         raise ResizeError("unsupported image format")
@@ -160,7 +173,19 @@ def decode(data: bytes, max_pixels: float = float("inf")) -> np.ndarray:
         raise ResizeError("image dimensions too large")
     if info.format == "jpg" and is_truncated_jpeg(data):
         raise ResizeError("truncated image")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    return info
+
+
+REDUCED_JPEG = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def decode(data: bytes, reduction: int = 1) -> np.ndarray:
+    """BGR or BGRA uint8 pixels of encoded image bytes (a JPEG `reduction` times smaller); raises ResizeError.
+
+    EXIF orientation is ignored, as img2dataset does: width and height are those of the stored pixels.
+    """
+    flags = REDUCED_JPEG[reduction] | cv2.IMREAD_IGNORE_ORIENTATION if reduction > 1 else cv2.IMREAD_UNCHANGED
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None or img.size == 0:
         raise ResizeError("Image decoding error")
     if img.dtype != np.uint8:
