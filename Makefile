@@ -7,7 +7,7 @@ WHEELHOUSE := wheelhouse
 # The suite runs in a network namespace that has only loopback: nothing can leave this machine.
 LOOPBACK_ONLY := unshare --net sh -c 'ip link set lo up && exec "$$0" "$$@"'
 
-.PHONY: install demo test lint java clean bench-reader pex
+.PHONY: install demo test lint java nginx clean bench bench-reader pex
 
 install: $(STAMP) $(WHEELHOUSE)/.stamp
 
@@ -43,7 +43,19 @@ lint: install
 	$(VENV)/bin/ruff check img2dataset_ng tests examples bench
 	$(VENV)/bin/ruff format --check img2dataset_ng tests examples bench
 
-# peak RSS while sharding a 10-million-row parquet, ours vs img2dataset 1.47 (installed into bench/.venv-img2dataset)
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update -q && apt-get install -y -q nginx-light)
+
+# img2dataset 1.47 (installed into bench/.venv-img2dataset on first use) against ours, on one corpus;
+# the registry is needed only for that first install, the runs themselves see only loopback
+bench: install nginx
+	$(PY) bench/reader_rss.py --rows 1000000 10000000 --ensure-only
+	$(PY) bench/corpus.py --count 2000
+	$(LOOPBACK_ONLY) $(PY) bench/reader_rss.py --rows 1000000 10000000
+	$(LOOPBACK_ONLY) $(PY) bench/compare.py --count 2000 --rounds 3
+	$(LOOPBACK_ONLY) $(PY) bench/compare.py --count 2000 --rounds 2 --latency-ms 200
+
+# peak RSS while sharding a 10-million-row parquet, ours vs img2dataset 1.47
 bench-reader: install
 	$(PY) bench/reader_rss.py --rows 1000000 10000000
 

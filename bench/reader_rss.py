@@ -202,6 +202,9 @@ def main() -> None:
     )
     parser.add_argument("--per-shard", type=int, default=10_000, help="number_sample_per_shard (default 10000)")
     parser.add_argument("--skip-theirs", action="store_true", help="run only ours")
+    parser.add_argument(
+        "--ensure-only", action="store_true", help="only install img2dataset 1.47 and make the url lists, then stop"
+    )
     args = parser.parse_args()
 
     if args.parquet is not None:
@@ -218,6 +221,8 @@ def main() -> None:
     tools = [("ours", OURS_PYTHON)]
     if not args.skip_theirs:
         tools.append(("theirs", ensure_img2dataset()))
+    if args.ensure_only:
+        return
 
     runs: list[Run] = []
     for parquet, rows in corpora:
