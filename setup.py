@@ -20,6 +20,10 @@ EXTRAS = {
         "ruff>=0.4",
         "pillow",
         "tfrecord>=1.14",
+        "nbclient",
+        "nbformat",
+        "ipykernel",
+        "datasets",
         "trustme",
     ],
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -37,44 +38,45 @@ def photo(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_corpus(count: int, seed: int = 0) -> list[str]:
-    """Writes the corpus (skipping files already there) and returns the file names."""
+def make_one(index: int, seed: int = 0) -> str:
+    """Writes image `index` of the corpus (unless it exists) and returns its file name."""
+    rng = np.random.default_rng([seed, index])
+    (low, high), _ = SIZES[rng.choice(len(SIZES), p=[share for _, share in SIZES])]
+    longest = int(rng.integers(low, high))
+    ratio = float(rng.choice([1.0, 4 / 3, 3 / 2, 16 / 9, 3 / 4, 2 / 3]))
+    width, height = (longest, max(16, int(longest / ratio))) if ratio >= 1 else (max(16, int(longest * ratio)), longest)
+    kind = rng.random()
+    extension = "jpg" if kind < 0.80 else "png" if kind < 0.92 else "webp"
+    path = CORPUS / f"{index:06d}.{extension}"
+    if path.exists():
+        return path.name
+    if kind < 0.005:
+        data = b"\xff\xd8\xff\xe0" + rng.bytes(2000)  # broken
+    elif extension == "jpg":
+        _, data = cv2.imencode(".jpg", photo(rng, width, height), [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(70, 95))])
+    elif extension == "png":
+        img = photo(rng, min(width, 1600), min(height, 1600))
+        if rng.random() < 0.5:
+            alpha = np.full(img.shape[:2] + (1,), 255, np.uint8)
+            alpha[: img.shape[0] // 3] = 0
+            img = np.concatenate([img, alpha], -1)
+        _, data = cv2.imencode(".png", img)
+    else:
+        _, data = cv2.imencode(".webp", photo(rng, width, height), [cv2.IMWRITE_WEBP_QUALITY, 80])
+    path.write_bytes(bytes(data))
+    return path.name
+
+
+def make_corpus(count: int) -> list[str]:
+    """Writes the corpus (on all cores, skipping files already there) and returns the file names."""
     CORPUS.mkdir(parents=True, exist_ok=True)
     manifest = CORPUS / "manifest.json"
     if manifest.exists() and len(names := json.loads(manifest.read_text())) == count:
         return names
-    rng = np.random.default_rng(seed)
-    names = []
-    for i in range(count):
-        (low, high), _ = SIZES[rng.choice(len(SIZES), p=[share for _, share in SIZES])]
-        longest = int(rng.integers(low, high))
-        ratio = float(rng.choice([1.0, 4 / 3, 3 / 2, 16 / 9, 3 / 4, 2 / 3]))
-        width, height = (
-            (longest, max(16, int(longest / ratio))) if ratio >= 1 else (max(16, int(longest * ratio)), longest)
-        )
-        kind = rng.random()
-        if kind < 0.005:
-            name, data = f"{i:06d}.jpg", b"\xff\xd8\xff\xe0" + rng.bytes(2000)  # broken
-        elif kind < 0.80:
-            ok, data = cv2.imencode(
-                ".jpg", photo(rng, width, height), [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(70, 95))]
-            )
-            name = f"{i:06d}.jpg"
-        elif kind < 0.92:
-            img = photo(rng, min(width, 1600), min(height, 1600))
-            if rng.random() < 0.5:
-                alpha = np.full(img.shape[:2] + (1,), 255, np.uint8)
-                alpha[: img.shape[0] // 3] = 0
-                img = np.concatenate([img, alpha], -1)
-            ok, data = cv2.imencode(".png", img)
-            name = f"{i:06d}.png"
-        else:
-            ok, data = cv2.imencode(".webp", photo(rng, width, height), [cv2.IMWRITE_WEBP_QUALITY, 80])
-            name = f"{i:06d}.webp"
-        path = CORPUS / name
-        if not path.exists():
-            path.write_bytes(bytes(data))
-        names.append(name)
+    for stale in CORPUS.glob("*.*"):  # another count or generator: start over
+        stale.unlink()
+    with ProcessPoolExecutor() as pool:
+        names = list(pool.map(make_one, range(count), chunksize=16))
     manifest.write_text(json.dumps(names))
     return names
 

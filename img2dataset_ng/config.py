@@ -6,11 +6,14 @@ value fails here, before any work starts, with a message that names the option a
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
 
 from .layout import KeyFormat, OutputFolder
+
+logger = logging.getLogger(__name__)
 
 
 class ResizeMode(str, Enum):
@@ -303,7 +306,10 @@ class Config:
 
 def _encode_quality(value: Any, encode_format: EncodeFormat) -> int:
     quality = _at_least("encode_quality", value, 0)
-    maximum = 9 if encode_format is EncodeFormat.PNG else 100
-    if quality > maximum:
-        raise ConfigError(f"encode_quality must be 0-{maximum} for {encode_format.value}; got {value!r}")
+    if encode_format is EncodeFormat.PNG and quality > 9:
+        # png "quality" is a compression level 0-9; OpenCV (and so img2dataset) takes 95 as 9
+        logger.info("encode_quality %s is a png compression level above 9: using 9", quality)
+        return 9
+    if quality > 100:
+        raise ConfigError(f"encode_quality must be 0-100 for {encode_format.value} (0-9 for png); got {value!r}")
     return quality

@@ -110,7 +110,8 @@ class SampleProcessor:
         # decoding many large images at once costs memory, not speed: bound it by the cores
         concurrent_decodes = max(2, os.cpu_count() or 2)
         self.decode_slots = threading.BoundedSemaphore(concurrent_decodes)
-        self.resizer = Resizer(config.resize, concurrent_decodes)
+        # every worker process of a machine decodes at once: the memory cap is shared by all of them
+        self.resizer = Resizer(config.resize, concurrent_decodes * config.run.processes_count)
 
     def __call__(self, url: str | None, boxes: Any = None, expected_hash: str | None = None) -> SampleResult:
         write = self.config.write

@@ -7,6 +7,7 @@ which would stop other people's Ray too).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -104,7 +105,8 @@ def ray_head() -> Iterator[str]:
         wait_for(lambda: _ray_reachable(address), 120, "ray head did not start")
         yield address
     finally:
-        stop_group(process)
+        stop_group(process, grace=5)  # `ray start --block` does not exit on SIGTERM: SIGKILL soon
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _ray_reachable(address: str) -> bool:
@@ -122,17 +124,21 @@ def wait_for(condition, seconds: float, message: str) -> None:
         time.sleep(0.5)
 
 
-def stop_group(process: subprocess.Popen) -> None:
-    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 20)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            pass
+def stop_group(process: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM the process's group, then SIGKILL whatever of it is left after `grace` seconds."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # members that outlived the leader, too
+    except ProcessLookupError:
+        pass
+    process.wait(20)
 
 
 def processes() -> Iterator[tuple[int, str]]:

@@ -142,9 +142,14 @@ def test_reserved_additional_columns_are_refused(tmp_path, column):
         download("x.txt", output_folder=str(tmp_path / "out"), save_additional_columns=["ok", column])
 
 
-def test_png_quality_out_of_range_is_refused():
-    with pytest.raises(ConfigError, match="encode_quality must be 0-9 for png"):
-        download("x.txt", encode_format="png")
+def test_png_quality_is_a_compression_level_clamped_to_9_and_jpg_quality_is_checked():
+    from img2dataset_ng.config import Config
+
+    params = inspect.signature(download).parameters
+    defaults = {n: p.default for n, p in params.items() if n not in ("url_list", "progress", "tmp_folder")}
+    assert Config.from_options(url_list="x", **{**defaults, "encode_format": "png"}).resize.encode_quality == 9
+    with pytest.raises(ConfigError, match="encode_quality must be 0-100"):
+        download("x.txt", encode_quality=101)
 
 
 def test_cli_runs_a_download_and_reports_bad_input(tmp_path, server, capsys):
