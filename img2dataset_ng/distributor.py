@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 from .config import ConfigError, RunConfig
 
 logger = logging.getLogger(__name__)
+_END = object()
 Report = Callable[[int, int], None]  # (samples, successes) finished since the last report
 ShardFn = Callable[[Any, Report], Any]
 
@@ -39,6 +40,20 @@ class Distributor(Protocol):
     ) -> Iterator[tuple[S, R | BaseException]]: ...
 
     def close(self) -> None: ...
+
+
+def fill(source: Iterator[S], pending: dict[Any, S], window: int, submit: Callable[[S], Any]) -> bool:
+    """Submit shards from `source` until `window` are pending (`pending[submit(shard)] = shard`).
+
+    Returns False once `source` is exhausted. Shards are drawn only as room frees up, so the reader
+    never runs far ahead of the workers.
+    """
+    while len(pending) < window:
+        shard = next(source, _END)
+        if shard is _END:
+            return False
+        pending[submit(shard)] = shard
+    return True
 
 
 class WorkerDied(RuntimeError):
@@ -116,17 +131,16 @@ class MultiprocessingDistributor:
     ) -> Iterator[tuple[S, R | BaseException]]:
         source = iter(shards)
         busy: dict[_Worker, S] = {}
-        exhausted = False
+
+        def submit(shard: S) -> _Worker:
+            worker = self.idle.pop() if self.idle else _Worker(self.context)
+            worker.conn.send((fn, shard))
+            return worker
+
+        more = True
         try:
-            while busy or not exhausted:
-                while not exhausted and len(busy) < self.processes_count:
-                    shard = next(source, _END)
-                    if shard is _END:
-                        exhausted = True
-                        break
-                    worker = self.idle.pop() if self.idle else _Worker(self.context)
-                    worker.conn.send((fn, shard))
-                    busy[worker] = shard
+            while busy or more:
+                more = more and fill(source, busy, self.processes_count, submit)
                 if not busy:
                     break
                 ready = set(connection_wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
@@ -154,9 +168,6 @@ class MultiprocessingDistributor:
     def close(self) -> None:
         while self.idle:
             self.idle.pop().stop()
-
-
-_END = object()
 
 
 DistributorFactory = Callable[[RunConfig], Distributor]

@@ -17,7 +17,7 @@ from typing import Any
 import ray
 
 from .config import RunConfig
-from .distributor import Report, ShardFn
+from .distributor import Report, ShardFn, fill
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +61,9 @@ class RayDistributor:
         source = iter(shards)
         fn_ref = ray.put(fn)
         pending: dict[ray.ObjectRef, Any] = {}
-        exhausted = False
-        while pending or not exhausted:
-            while not exhausted and len(pending) < self.window:
-                shard = next(source, None)
-                if shard is None:
-                    exhausted = True
-                else:
-                    pending[_run_shard.remote(fn_ref, shard)] = shard
+        more = True
+        while pending or more:
+            more = more and fill(source, pending, self.window, lambda shard: _run_shard.remote(fn_ref, shard))
             if not pending:
                 break
             (ready,), _ = ray.wait(list(pending), num_returns=1)

@@ -18,7 +18,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from .config import ConfigError, RunConfig
-from .distributor import Report, ShardFn
+from .distributor import Report, ShardFn, fill
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +73,9 @@ class SparkDistributor:
         source = iter(shards)
         pending: dict[Future, Any] = {}
         with ThreadPoolExecutor(self.subjob_size, thread_name_prefix="spark-shard") as threads:
-            exhausted = False
-            while pending or not exhausted:
-                while not exhausted and len(pending) < self.window:
-                    shard = next(source, None)
-                    if shard is None:
-                        exhausted = True
-                    else:
-                        pending[threads.submit(self._run, fn, shard)] = shard
+            more = True
+            while pending or more:
+                more = more and fill(source, pending, self.window, lambda shard: threads.submit(self._run, fn, shard))
                 if not pending:
                     break
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
