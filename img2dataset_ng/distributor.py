@@ -9,6 +9,7 @@ distributor) re-runs failed shards `max_shard_retry` times.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import importlib
 import importlib.metadata
@@ -67,8 +68,31 @@ class ShardError(RuntimeError):
 PROGRESS, DONE = "progress", "done"
 
 
+def tune_worker_process() -> None:
+    """Settings for a process of ours that runs shards, made before it starts any thread.
+
+    glibc gives each thread that allocates its own arena (up to 8 per core) and keeps freed memory
+    in them; with dozens of download threads that doubles the resident set. Two arenas and a fixed
+    1 MiB mmap threshold (large buffers go back to the system when freed) halve the peak RSS at no
+    cost in speed. OpenCV's own thread pool only adds contention: shards already run in parallel.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_ARENA_MAX, 2)
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
+M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3  # mallopt parameters, from glibc's malloc.h
+
+
 def _worker_loop(conn: Connection) -> None:
     """Runs in each worker process: receive (fn, shard); send progress messages, then the outcome."""
+    tune_worker_process()
     while True:
         try:
             task = conn.recv()

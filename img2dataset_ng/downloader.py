@@ -92,7 +92,9 @@ EXIF_MARKERS = {EncodeFormat.JPG: b"Exif\0\0", EncodeFormat.PNG: b"eXIf", Encode
 def read_exif(data: bytes) -> str:
     """EXIF tags as a JSON string (`{}` when there are none or they cannot be read)."""
     image_format = sniff_format(data)
-    if image_format is None or EXIF_MARKERS[image_format] not in data:
+    # a JPEG's EXIF block comes before its first scan: no need to look through the whole image
+    end = data.find(b"\xff\xda") if image_format is EncodeFormat.JPG else -1
+    if image_format is None or data.find(EXIF_MARKERS[image_format], 0, end if end > 0 else len(data)) < 0:
         return "{}"
     try:
         tags = exifread.process_file(io.BytesIO(data), details=False)

@@ -138,6 +138,10 @@ class Resizer:
         size = c.image_size
         if (img.shape[1], img.shape[0]) != target:
             interpolation = c.upscale_interpolation if upscale else c.downscale_interpolation
+            if interpolation is Interpolation.AREA:
+                # halving with a Gaussian pyramid first is cheaper than one large area resize, and as smooth
+                while img.shape[1] // 2 >= 2 * target[0] and img.shape[0] // 2 >= 2 * target[1]:
+                    img = cv2.pyrDown(img)
             img = cv2.resize(img, target, interpolation=INTERPOLATIONS[interpolation])
         height, width = img.shape[:2]
         if c.resize_mode is ResizeMode.CENTER_CROP:
@@ -199,10 +203,9 @@ def decode(data: bytes, reduction: int = 1) -> np.ndarray:
 
 
 def onto_white(img: np.ndarray) -> np.ndarray:
-    """Composite a BGRA image onto a white background."""
-    alpha = img[:, :, 3:4].astype(np.float32) / 255.0
-    bgr = img[:, :, :3].astype(np.float32)
-    return (bgr * alpha + WHITE * (1.0 - alpha) + 0.5).astype(np.uint8)
+    """Composite a BGRA image onto a white background: bgr * a/255 + 255 * (1 - a/255)."""
+    alpha = cv2.merge([img[:, :, 3]] * 3)
+    return cv2.add(cv2.multiply(img[:, :, :3], alpha, scale=1 / 255), cv2.bitwise_not(alpha))
 
 
 def blur_boxes(img: np.ndarray, boxes: Any) -> np.ndarray:

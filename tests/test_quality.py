@@ -8,6 +8,7 @@ the full-resolution path itself about 35 dB."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import cv2
@@ -73,14 +74,34 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
 
 
+CASES = [
+    ((4032, 3024), "jpg"),
+    ((3000, 4000), "jpg"),
+    ((1600, 1200), "jpg"),
+    ((700, 520), "jpg"),
+    ((4032, 3024), "png"),
+    ((3000, 4000), "webp"),
+]
+
+
+@functools.cache
+def encoded_source(size: tuple[int, int], source_format: str) -> tuple[bytes, np.ndarray]:
+    """A photo-like source encoded as `source_format`, and its pixels as any decoder sees them."""
+    params = {
+        "jpg": [cv2.IMWRITE_JPEG_QUALITY, 92],
+        "png": [cv2.IMWRITE_PNG_COMPRESSION, 1],
+        "webp": [cv2.IMWRITE_WEBP_QUALITY, 90],
+    }[source_format]
+    ok, data = cv2.imencode("." + source_format, photo(*size, seed=size[0]), params)
+    return data.tobytes(), cv2.imdecode(data, cv2.IMREAD_COLOR)
+
+
 @pytest.mark.parametrize("mode", ["keep_ratio", "keep_ratio_largest", "center_crop", "border"])
-@pytest.mark.parametrize("size", [(4032, 3024), (3000, 4000), (1600, 1200), (700, 520)])
-def test_psnr_against_full_decode_and_area_resize(mode, size):
-    src = photo(*size, seed=size[0])
-    ok, jpeg = cv2.imencode(".jpg", src, [cv2.IMWRITE_JPEG_QUALITY, 92])
-    source = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)  # the source as any decoder sees it
+@pytest.mark.parametrize("size, source_format", CASES)
+def test_psnr_against_full_decode_and_area_resize(mode, size, source_format):
+    data, source = encoded_source(size, source_format)
     options = {**DEFAULTS, "resize_mode": mode, "encode_format": "png", "encode_quality": 1}
-    ours = Resizer(Config.from_options(url_list="x", **options).resize)(jpeg.tobytes())
+    ours = Resizer(Config.from_options(url_list="x", **options).resize)(data)
     stored = cv2.imdecode(np.frombuffer(ours.data, np.uint8), cv2.IMREAD_COLOR)
     expected = reference(source, mode)
     assert stored.shape == expected.shape
