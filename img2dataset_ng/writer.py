@@ -7,9 +7,7 @@ format puts them. The shard's stats file is not theirs: the shard worker writes 
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import time
 from typing import Any
 
@@ -99,31 +97,56 @@ def sample_json(record: dict[str, Any]) -> bytes:
     return json.dumps(record, default=str, ensure_ascii=False).encode("utf-8")
 
 
+TAR_BLOCK, TAR_RECORD = 512, 20 * 512
+
+
+def tar_member(name: str, data: bytes, mtime: int) -> bytes:
+    """One regular file of a POSIX ustar archive: its 512-byte header, the data, zero padding."""
+    encoded = name.encode("utf-8")
+    if len(encoded) > 100:
+        raise ValueError(f"tar member name longer than 100 bytes: {name!r}")
+    header = bytearray(
+        encoded.ljust(100, b"\0")
+        + b"0000444\0"  # mode: read-only for all
+        + b"0000000\0" * 2  # uid, gid
+        + b"%011o\0" % len(data)
+        + b"%011o\0" % mtime
+        + b" " * 8  # the checksum, counted as spaces while it is computed
+        + b"0"  # a regular file
+        + b"\0" * 100  # link name
+        + b"ustar\x0000"
+        + b"\0" * (32 + 32 + 8 + 8 + 155 + 12)  # user and group names, device numbers, prefix, padding
+    )
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header) + data + b"\0" * (-len(data) % TAR_BLOCK)
+
+
 class WebDatasetWriter(ShardWriter):
-    """`NNNNN.tar` with `KEY.jpg`, `KEY.json` and (with captions) `KEY.txt`, adjacent per sample."""
+    """`NNNNN.tar` with `KEY.jpg`, `KEY.json` and (with captions) `KEY.txt`, adjacent per sample.
+
+    The tar is written directly (ustar headers are a fixed 512-byte layout), one write per sample,
+    and ends like tarfile's: two zero blocks, padded to a 10 KiB record.
+    """
 
     def open(self) -> None:
         self.file = self.fs.open(self.folder.path(f"{self.shard_name}.tar"), "wb")
-        self.tar = tarfile.open(fileobj=self.file, mode="w|", format=tarfile.USTAR_FORMAT)
+        self.size = 0
 
     def write_image(self, record: dict[str, Any], image: bytes) -> None:
-        key, now = record["key"], time.time()
-        self._add(f"{key}{self.extension}", image, now)
+        key, now = record["key"], int(time.time())
+        members = [tar_member(f"{key}{self.extension}", image, now)]
         if "caption" in record:
-            self._add(f"{key}.txt", str(record["caption"] or "").encode("utf-8"), now)
-        self._add(f"{key}.json", sample_json(record), now)
-
-    def _add(self, name: str, data: bytes, mtime: float) -> None:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode = len(data), mtime, 0o444
-        self.tar.addfile(info, io.BytesIO(data))
+            members.append(tar_member(f"{key}.txt", str(record["caption"] or "").encode("utf-8"), now))
+        members.append(tar_member(f"{key}.json", sample_json(record), now))
+        sample = b"".join(members)
+        self.file.write(sample)
+        self.size += len(sample)
 
     def close_images(self, failed: bool) -> None:
-        try:
-            if not failed:
-                self.tar.close()
-        finally:
-            close_file(self.file, failed)
+        if not failed:
+            end = self.size + 2 * TAR_BLOCK
+            self.file.write(b"\0" * (end + -end % TAR_RECORD - self.size))
+        close_file(self.file, failed)
 
 
 class FilesWriter(ShardWriter):
