@@ -54,7 +54,7 @@ def ours() -> ShardIter:
         reader = UrlListReader(config.read)
         reader.check_columns()
         for s in Sharder(reader, config.write.key_format, OutputFolder.of(tmp_dir)):
-            yield s.shard_id, s.path
+            yield s.shard_id, s.folder.path(s.file_name)
 
     return shard
 
