@@ -10,7 +10,6 @@ the shards as [shard_id, path] pairs, its timings, and its memory readings from 
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import sys
@@ -31,29 +30,23 @@ def proc_status_mib(field: str) -> float:
 
 def ours() -> ShardIter:
     """Imports our package, returns its sharding as main.download() does it."""
+    import img2dataset_ng.main  # noqa: F401 - what download() imports, so that RSS compares like with like
     from img2dataset_ng.config import Config
-    from img2dataset_ng.layout import OutputFolder
-    from img2dataset_ng.main import download
     from img2dataset_ng.reader import Sharder, UrlListReader
+    from img2dataset_ng.storage import Folder
 
     def shard(url_list: str, tmp_dir: str, per_shard: int) -> Iterator[tuple[int, str]]:
-        options = {
-            name: p.default
-            for name, p in inspect.signature(download).parameters.items()
-            if p.default is not inspect.Parameter.empty and name != "progress"
-        }
-        options |= {
-            "url_list": url_list,
-            "input_format": "parquet",
-            "url_col": "url",
-            "caption_col": "caption",
-            "number_sample_per_shard": per_shard,
-            "output_folder": tmp_dir,
-        }
-        config = Config.from_options(**options)
+        config = Config.from_options(
+            url_list=url_list,
+            input_format="parquet",
+            url_col="url",
+            caption_col="caption",
+            number_sample_per_shard=per_shard,
+            output_folder=tmp_dir,
+        )
         reader = UrlListReader(config.read)
         reader.check_columns()
-        for s in Sharder(reader, config.write.key_format, OutputFolder.of(tmp_dir)):
+        for s in Sharder(reader, config.key_format, Folder(tmp_dir)):
             yield s.shard_id, s.folder.path(s.file_name)
 
     return shard

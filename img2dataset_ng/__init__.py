@@ -1,8 +1,33 @@
-"""img2dataset-ng: turn lists of image urls into training datasets, a drop-in successor of img2dataset."""
+"""img2dataset-ng: turn lists of image urls into training datasets, a drop-in successor of img2dataset.
 
-from .config import ConfigError
-from .main import Summary, download
-from .reader import InputError
+The extension points, each one file plus one registration: a stage (`Stage` or `BatchStage`,
+`register_stage`), a writer (`ShardWriter`, `register_writer`), a distributor (`register_distributor`).
+"""
 
-__all__ = ["ConfigError", "InputError", "Summary", "download"]
+from .config import Config
+from .distributors import register_distributor
+from .errors import ConfigError, InputError
+from .main import download, run
+from .sample import Sample, StageError, Status
+from .stages import BatchStage, Stage, register_stage
+from .stats import Summary
+from .writers import ShardWriter, register_writer
+
+__all__ = [
+    "BatchStage",
+    "Config",
+    "ConfigError",
+    "InputError",
+    "Sample",
+    "ShardWriter",
+    "Stage",
+    "StageError",
+    "Status",
+    "Summary",
+    "download",
+    "register_distributor",
+    "register_stage",
+    "register_writer",
+    "run",
+]
 __version__ = "0.1.0"

@@ -1,315 +1,182 @@
-"""Typed configuration: one frozen dataclass per concern, validated once.
+"""Typed configuration: one frozen dataclass per concern, each with its defaults, validated once.
 
-`download(**options)` and the CLI only map their options onto `Config.from_options`; every bad
-value fails here, before any work starts, with a message that names the option and what it allows.
+`download(**options)` and the CLI map their options onto `Config.from_options`, which validates
+them through the table of options (`options.py`) and sorts them into the dataclasses below. The
+defaults of every field come from that table, so they cannot drift apart.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from enum import Enum
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
-from .layout import KeyFormat, OutputFolder
+from .errors import ConfigError
+from .naming import KeyFormat
+from .options import (
+    EncodeFormat,
+    HashType,
+    IncrementalMode,
+    InputFormat,
+    Interpolation,
+    ResizeMode,
+    default,
+    parse_options,
+)
+from .stages.base import STAGES, Stage
+from .storage import Folder
+from .writers.base import WRITERS, ShardWriter
 
 logger = logging.getLogger(__name__)
-
-
-class ResizeMode(str, Enum):
-    NO = "no"
-    BORDER = "border"
-    KEEP_RATIO = "keep_ratio"
-    KEEP_RATIO_LARGEST = "keep_ratio_largest"
-    CENTER_CROP = "center_crop"
-
-
-class Interpolation(str, Enum):
-    NEAREST = "nearest"
-    LINEAR = "linear"
-    CUBIC = "cubic"
-    AREA = "area"
-    LANCZOS = "lanczos"
-
-
-INTERPOLATION_ALIASES = {"bilinear": "linear", "bicubic": "cubic", "lanczos4": "lanczos"}
-
-
-class EncodeFormat(str, Enum):
-    JPG = "jpg"
-    PNG = "png"
-    WEBP = "webp"
-
-
-class OutputFormat(str, Enum):
-    FILES = "files"
-    WEBDATASET = "webdataset"
-    PARQUET = "parquet"
-    TFRECORD = "tfrecord"
-    DUMMY = "dummy"
-
-
-class InputFormat(str, Enum):
-    TXT = "txt"
-    TXT_GZ = "txt.gz"
-    CSV = "csv"
-    CSV_GZ = "csv.gz"
-    TSV = "tsv"
-    TSV_GZ = "tsv.gz"
-    JSON = "json"
-    JSON_GZ = "json.gz"
-    JSONL = "jsonl"
-    JSONL_GZ = "jsonl.gz"
-    PARQUET = "parquet"
-
-
-class HashType(str, Enum):
-    MD5 = "md5"
-    SHA256 = "sha256"
-    SHA512 = "sha512"
-
-
-class IncrementalMode(str, Enum):
-    INCREMENTAL = "incremental"
-    OVERWRITE = "overwrite"
-    EXTEND = "extend"
-
-
-RESERVED_COLUMNS = frozenset(
-    {"key", "caption", "url", "width", "height", "original_width", "original_height", "status", "error_message", "exif"}
-    | {hash_type.value for hash_type in HashType}
-)
-DEFAULT_DISALLOWED_HEADER_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
-DEFAULT_MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
-DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
-
-E = TypeVar("E", bound=Enum)
-
-
-class ConfigError(ValueError):
-    """A bad option value; the message names the option and what it allows."""
-
-
-def choice(option: str, value: Any, enum: type[E], aliases: dict[str, str] | None = None) -> E:
-    """Parse `value` as a member of `enum`, or fail naming `option` and the allowed values."""
-    text = value.value if isinstance(value, Enum) else str(value)
-    text = (aliases or {}).get(text, text)
-    try:
-        return enum(text)
-    except ValueError:
-        allowed = [member.value for member in enum] + sorted(aliases or {})
-        raise ConfigError(f"{option} must be one of {', '.join(allowed)}; got {value!r}") from None
-
-
-def _at_least(option: str, value: Any, minimum: float, kind: type = int) -> Any:
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{option} must be a number; got {value!r}") from None
-    if not number >= minimum:  # also refuses NaN
-        raise ConfigError(f"{option} must be >= {minimum}; got {value!r}")
-    return number
-
-
-def _names(option: str, value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str) or not all(isinstance(name, str) for name in value):
-        raise ConfigError(f"{option} must be a list of strings; got {value!r}")
-    return tuple(value)
+StageFactory = Callable[["Config"], Stage]  # a Stage class taking the Config is one
 
 
 @dataclass(frozen=True)
 class ReadConfig:
-    """Where the url list is and which of its columns matter."""
+    """Where the url list is, which of its columns are read, and how it is cut into shards."""
 
-    url_list: str
-    input_format: InputFormat
-    url_col: str
-    caption_col: str | None
-    bbox_col: str | None
-    verify_hash_col: str | None
-    save_additional_columns: tuple[str, ...]
-    number_sample_per_shard: int
+    url_list: str = ""
+    input_format: InputFormat = default("input_format")
+    url_col: str = default("url_col")
+    caption_col: str | None = default("caption_col")
+    save_additional_columns: tuple[str, ...] = default("save_additional_columns")
+    bbox_col: str | None = default("bbox_col")
+    verify_hash_col: str | None = None  # the column of expected hashes, when verify_hash is set
+    number_sample_per_shard: int = default("number_sample_per_shard")
     storage_options: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
 class FetchConfig:
-    """How one url is downloaded."""
+    """How one url is downloaded, and how many at once per worker process."""
 
-    timeout: float
-    retries: int
-    thread_count: int
-    user_agent_token: str | None
-    disallowed_header_directives: tuple[str, ...]
-    ignore_ssl_certificate: bool
-    max_download_bytes: int
+    timeout: float = default("timeout")
+    retries: int = default("retries")
+    thread_count: int = default("thread_count")
+    user_agent_token: str | None = default("user_agent_token")
+    disallowed_header_directives: tuple[str, ...] = default("disallowed_header_directives")
+    ignore_ssl_certificate: bool = default("ignore_ssl_certificate")
+    max_download_bytes: int = default("max_download_bytes")
 
 
 @dataclass(frozen=True)
 class ResizeConfig:
     """How downloaded bytes become the stored image."""
 
-    image_size: int
-    resize_mode: ResizeMode
-    resize_only_if_bigger: bool
-    upscale_interpolation: Interpolation
-    downscale_interpolation: Interpolation
-    encode_quality: int
-    encode_format: EncodeFormat
-    skip_reencode: bool
-    disable_all_reencoding: bool
-    min_image_size: int
-    max_image_area: float
-    max_aspect_ratio: float
-    blur_boxes: bool
-    max_image_pixels: int
+    image_size: int = default("image_size")
+    resize_mode: ResizeMode = default("resize_mode")
+    resize_only_if_bigger: bool = default("resize_only_if_bigger")
+    upscale_interpolation: Interpolation = default("upscale_interpolation")
+    downscale_interpolation: Interpolation = default("downscale_interpolation")
+    encode_quality: int = default("encode_quality")
+    encode_format: EncodeFormat = default("encode_format")
+    skip_reencode: bool = default("skip_reencode")
+    disable_all_reencoding: bool = default("disable_all_reencoding")
+    min_image_size: int = default("min_image_size")
+    max_image_area: float = default("max_image_area")
+    max_aspect_ratio: float = default("max_aspect_ratio")
+    max_image_pixels: int = default("max_image_pixels")
+    processes_per_machine: int = 1  # worker processes that decode at once and share the memory cap
+
+
+@dataclass(frozen=True)
+class MetadataConfig:
+    """What is recorded about the downloaded bytes besides the image: EXIF and hashes."""
+
+    extract_exif: bool = default("extract_exif")
+    compute_hash: HashType | None = default("compute_hash")
+    verify_hash_type: HashType | None = None
 
 
 @dataclass(frozen=True)
 class WriteConfig:
     """What a shard's output looks like and where it goes."""
 
-    output_format: OutputFormat
-    output_folder: OutputFolder
-    key_format: KeyFormat
-    encode_format: EncodeFormat
-    save_caption: bool
-    extract_exif: bool
-    compute_hash: HashType | None
-    verify_hash_type: HashType | None
+    output_format: str = default("output_format")
+    writer: type[ShardWriter] = field(default_factory=lambda: WRITERS.get(default("output_format")))
+    output_folder: Folder = field(default_factory=lambda: Folder(default("output_folder")))
+    oom_shard_count: int = default("oom_shard_count")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """How shards are scheduled and what is done with earlier output."""
+    """How shards are scheduled, what is done with earlier output, and how the run is shown."""
 
-    distributor: str
-    processes_count: int
-    subjob_size: int
-    max_shard_retry: int
-    incremental_mode: IncrementalMode
-    enable_wandb: bool
-    wandb_project: str
+    distributor: str = default("distributor")
+    processes_count: int = default("processes_count")
+    subjob_size: int = default("subjob_size")
+    max_shard_retry: int = default("max_shard_retry")
+    incremental_mode: IncrementalMode = default("incremental_mode")
+    tmp_folder: Folder | None = None  # default: `_tmp` in the output folder
+    progress: bool | None = default("progress")
+    enable_wandb: bool = default("enable_wandb")
+    wandb_project: str = default("wandb_project")
 
 
 @dataclass(frozen=True)
 class Config:
-    read: ReadConfig
-    fetch: FetchConfig
-    resize: ResizeConfig
-    write: WriteConfig
-    run: RunConfig
+    read: ReadConfig = field(default_factory=ReadConfig)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    resize: ResizeConfig = field(default_factory=ResizeConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
+    write: WriteConfig = field(default_factory=WriteConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    stages: tuple[StageFactory, ...] = ()  # the user's stages, after the built-in ones
+
+    @property
+    def key_format(self) -> KeyFormat:
+        return KeyFormat(self.read.number_sample_per_shard, self.write.oom_shard_count)
 
     @classmethod
     def from_options(cls, **options: Any) -> Config:
-        """Validate the options of `download()` (already defaulted) into a Config."""
-        o = options
-        input_format = choice("input_format", o["input_format"], InputFormat)
-        encode_format = choice("encode_format", o["encode_format"], EncodeFormat)
-        compute_hash = None if o["compute_hash"] is None else choice("compute_hash", o["compute_hash"], HashType)
-
-        verify_hash = o["verify_hash"]
-        verify_hash_col, verify_hash_type = None, None
-        if verify_hash is not None:
-            if isinstance(verify_hash, str) or len(verify_hash) != 2:
-                raise ConfigError(f"verify_hash must be [column, hash_type]; got {verify_hash!r}")
-            verify_hash_col = str(verify_hash[0])
-            verify_hash_type = choice("verify_hash hash_type", verify_hash[1], HashType)
-
-        additional = _names("save_additional_columns", o["save_additional_columns"])
-        reserved = sorted(set(additional) & RESERVED_COLUMNS)
-        if reserved:
-            raise ConfigError(
-                f"save_additional_columns may not use the reserved names {', '.join(reserved)} "
-                f"(reserved: {', '.join(sorted(RESERVED_COLUMNS))})"
-            )
+        """Validate `download()`'s options (missing ones take their defaults) into a Config."""
+        values = parse_options(options)
+        storage_options = values["storage_options"]
+        verify_hash_col, verify_hash_type = values["verify_hash"] or (None, None)
+        additional = values["save_additional_columns"]
         if len(set(additional)) != len(additional):
             raise ConfigError(f"save_additional_columns has duplicate names: {list(additional)}")
-
-        url_list = o["url_list"]
-        if not isinstance(url_list, str) or not url_list:
-            raise ConfigError(f"url_list must be a path or url of a file or folder; got {url_list!r}")
-        storage_options = tuple(sorted((o.get("storage_options") or {}).items()))
-
-        read = ReadConfig(
-            url_list=url_list,
-            input_format=input_format,
-            url_col=str(o["url_col"]),
-            caption_col=o["caption_col"],
-            bbox_col=o["bbox_col"],
-            verify_hash_col=verify_hash_col,
-            save_additional_columns=additional,
-            number_sample_per_shard=_at_least("number_sample_per_shard", o["number_sample_per_shard"], 1),
-            storage_options=storage_options,
-        )
-        fetch = FetchConfig(
-            timeout=_at_least("timeout", o["timeout"], 0.001, float),
-            retries=_at_least("retries", o["retries"], 0),
-            thread_count=_at_least("thread_count", o["thread_count"], 1),
-            user_agent_token=o["user_agent_token"],
-            disallowed_header_directives=tuple(
-                d.strip().lower()
-                for d in _names(
-                    "disallowed_header_directives",
-                    DEFAULT_DISALLOWED_HEADER_DIRECTIVES
-                    if o["disallowed_header_directives"] is None
-                    else o["disallowed_header_directives"],
-                )
+        tmp_folder = values["tmp_folder"]
+        return cls(
+            read=_section(
+                ReadConfig,
+                values,
+                verify_hash_col=verify_hash_col,
+                storage_options=tuple(sorted(storage_options.items())),
             ),
-            ignore_ssl_certificate=bool(o["ignore_ssl_certificate"]),
-            max_download_bytes=_at_least("max_download_bytes", o["max_download_bytes"], 1),
-        )
-        resize = ResizeConfig(
-            image_size=_at_least("image_size", o["image_size"], 1),
-            resize_mode=choice("resize_mode", o["resize_mode"], ResizeMode),
-            resize_only_if_bigger=bool(o["resize_only_if_bigger"]),
-            upscale_interpolation=choice(
-                "upscale_interpolation", o["upscale_interpolation"], Interpolation, INTERPOLATION_ALIASES
+            fetch=_section(FetchConfig, values),
+            resize=_section(
+                ResizeConfig,
+                values,
+                encode_quality=_encode_quality(values["encode_quality"], values["encode_format"]),
+                processes_per_machine=values["processes_count"],
             ),
-            downscale_interpolation=choice(
-                "downscale_interpolation", o["downscale_interpolation"], Interpolation, INTERPOLATION_ALIASES
+            metadata=_section(MetadataConfig, values, verify_hash_type=verify_hash_type),
+            write=_section(
+                WriteConfig,
+                values,
+                writer=WRITERS.get(values["output_format"]),
+                output_folder=Folder(values["output_folder"], storage_options),
             ),
-            encode_quality=_encode_quality(o["encode_quality"], encode_format),
-            encode_format=encode_format,
-            skip_reencode=bool(o["skip_reencode"]),
-            disable_all_reencoding=bool(o["disable_all_reencoding"]),
-            min_image_size=_at_least("min_image_size", o["min_image_size"], 0),
-            max_image_area=_at_least("max_image_area", o["max_image_area"], 0, float),
-            max_aspect_ratio=_at_least("max_aspect_ratio", o["max_aspect_ratio"], 1, float),
-            blur_boxes=o["bbox_col"] is not None,
-            max_image_pixels=_at_least("max_image_pixels", o["max_image_pixels"], 1),
+            run=_section(
+                RunConfig, values, tmp_folder=None if tmp_folder is None else Folder(tmp_folder, storage_options)
+            ),
+            stages=tuple(STAGES.get(name) for name in values["stages"]),
         )
-        number_sample_per_shard = read.number_sample_per_shard
-        write = WriteConfig(
-            output_format=choice("output_format", o["output_format"], OutputFormat),
-            output_folder=OutputFolder.of(str(o["output_folder"]), dict(storage_options)),
-            key_format=KeyFormat(number_sample_per_shard, _at_least("oom_shard_count", o["oom_shard_count"], 1)),
-            encode_format=encode_format,
-            save_caption=o["caption_col"] is not None,
-            extract_exif=bool(o["extract_exif"]),
-            compute_hash=compute_hash,
-            verify_hash_type=verify_hash_type,
-        )
-        run = RunConfig(
-            distributor=str(o["distributor"]),
-            processes_count=_at_least("processes_count", o["processes_count"], 1),
-            subjob_size=_at_least("subjob_size", o["subjob_size"], 1),
-            max_shard_retry=_at_least("max_shard_retry", o["max_shard_retry"], 0),
-            incremental_mode=choice("incremental_mode", o["incremental_mode"], IncrementalMode),
-            enable_wandb=bool(o["enable_wandb"]),
-            wandb_project=str(o["wandb_project"]),
-        )
-        return cls(read, fetch, resize, write, run)
 
 
-def _encode_quality(value: Any, encode_format: EncodeFormat) -> int:
-    quality = _at_least("encode_quality", value, 0)
+def _section(section: type, values: Mapping[str, Any], **derived: Any) -> Any:
+    """A config dataclass from the option values of the same names, and `derived` fields."""
+    given = {f.name: values[f.name] for f in fields(section) if f.name in values}
+    return section(**{**given, **derived})
+
+
+def _encode_quality(quality: int, encode_format: EncodeFormat) -> int:
     if encode_format is EncodeFormat.PNG and quality > 9:
         # png "quality" is a compression level 0-9; OpenCV (and so img2dataset) takes 95 as 9
         logger.info("encode_quality %s is a png compression level above 9: using 9", quality)
         return 9
     if quality > 100:
-        raise ConfigError(f"encode_quality must be 0-100 for {encode_format.value} (0-9 for png); got {value!r}")
+        raise ConfigError(f"encode_quality must be 0-100 for {encode_format.value} (0-9 for png); got {quality!r}")
     return quality

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from img2dataset_ng.imageinfo import is_truncated_jpeg, probe
+from img2dataset_ng.stages.imageinfo import is_truncated_jpeg, probe
 
 
 def pillow(fmt: str, size: tuple[int, int], mode: str = "RGB", **save) -> bytes:

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-
 import cv2
 import numpy as np
 import pytest
 
 from img2dataset_ng import download
-from img2dataset_ng.config import Config, EncodeFormat, Interpolation, ResizeMode
-from img2dataset_ng.main import download as download_fn
-from img2dataset_ng.resizer import ResizeError, Resizer
+from img2dataset_ng.config import Config
+from img2dataset_ng.options import EncodeFormat, Interpolation, ResizeMode
+from img2dataset_ng.stages.resize import ResizeError, Resizer
 from tests.outputs import image_size, read_metadata, stored_images, write_url_list
 from tests.server import make_image
 
-DEFAULTS = {
-    n: p.default for n, p in inspect.signature(download_fn).parameters.items() if n not in ("url_list", "progress")
-}
-
 
 def resizer(**options) -> Resizer:
-    return Resizer(Config.from_options(url_list="x", **{**DEFAULTS, **options}).resize)
+    return Resizer(Config.from_options(url_list="x", **options).resize)
 
 
 # (source width, height) -> expected (width, height) at image_size 256, per mode
@@ -155,10 +148,9 @@ def test_undecodable_bytes_fail_with_a_reason():
 
 def test_blur_boxes_only_changes_the_boxes():
     src = make_image(200, 200, "png")
-    plain = resizer(resize_mode="no", encode_format="png", encode_quality=1)
-    blurred = Resizer(dataclasses.replace(plain.config, blur_boxes=True))
-    a = cv2.imdecode(np.frombuffer(plain(src).data, np.uint8), 1).astype(int)
-    b = cv2.imdecode(np.frombuffer(blurred(src, [[0.1, 0.1, 0.3, 0.3]]).data, np.uint8), 1).astype(int)
+    resize = resizer(resize_mode="no", encode_format="png", encode_quality=1)
+    a = cv2.imdecode(np.frombuffer(resize(src).data, np.uint8), 1).astype(int)
+    b = cv2.imdecode(np.frombuffer(resize(src, [[0.1, 0.1, 0.3, 0.3]]).data, np.uint8), 1).astype(int)
     assert np.abs(a[10:70, 10:70] - b[10:70, 10:70]).mean() > 1  # inside (box widened by 10%)
     assert (a[100:, 100:] == b[100:, 100:]).all()  # far outside
 

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from img2dataset_ng import download
-from img2dataset_ng.distributor import register_distributor
+from img2dataset_ng import download, register_distributor
 from tests.outputs import InProcessDistributor, read_metadata, tar_samples, write_url_list
 from tests.test_pipeline import check_output, corpus_rows
 

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pytest
 
 from img2dataset_ng import download
-from img2dataset_ng.layout import OutputFolder
-from img2dataset_ng.tfrecord import (
+from img2dataset_ng.sample import Sample, Status
+from img2dataset_ng.storage import Folder
+from img2dataset_ng.writers.codecs.tfrecord import (
     TFRecordError,
-    TFRecordWriter,
     _c_crc32c,
     bytes_feature,
     crc32c_function,
@@ -33,6 +33,7 @@ from img2dataset_ng.tfrecord import (
     varint,
     write_record,
 )
+from img2dataset_ng.writers.tfrecord import TFRecordWriter
 from tests.outputs import BASE_COLUMNS, image_size, read_metadata, read_stats, stored_images, tfrecord_examples
 from tests.test_pipeline import CORPUS, PER_SHARD, expected_key, run
 
@@ -220,32 +221,37 @@ class Upload(io.BytesIO):
         super().close()
 
 
-class UploadingFs:
-    def __init__(self, fs):
-        self.fs, self.uploads = fs, {}
+class UploadingFolder(Folder):
+    """A folder whose .tfrecord files are uploads that can be committed or discarded."""
 
-    def open(self, path, mode="rb"):
-        if path.endswith(".tfrecord"):
-            self.uploads[path] = Upload()
-            return self.uploads[path]
-        return self.fs.open(path, mode)
+    def __init__(self, url):
+        super().__init__(url)
+        self.uploads = {}
+        self.makedirs()
 
-    def __getattr__(self, name):
-        return getattr(self.fs, name)
+    def open(self, name, mode="rb"):
+        if name.endswith(".tfrecord"):
+            self.uploads[name] = Upload()
+            return self.uploads[name]
+        return super().open(name, mode)
 
 
-def writer_on_uploads(tmp_path: Path) -> tuple[TFRecordWriter, UploadingFs]:
+def writer_on_uploads(tmp_path: Path) -> tuple[TFRecordWriter, UploadingFolder]:
     schema = pa.schema([("url", pa.string()), ("key", pa.string()), ("status", pa.string())])
-    writer = TFRecordWriter(OutputFolder.of(str(tmp_path / "out")), "00000", schema, ".jpg")
-    writer.fs = UploadingFs(writer.fs)
-    return writer, writer.fs
+    folder = UploadingFolder(str(tmp_path / "out"))
+    return TFRecordWriter(folder, "00000", schema, "jpg"), folder
+
+
+def sample(index: int, url: str, image: bytes | None) -> Sample:
+    status = Status.SUCCESS if image is not None else Status.FAILED_TO_DOWNLOAD
+    return Sample(index, f"00000000{index}", {"url": url}, status, data=image)
 
 
 def test_writer_commits_on_success_and_discards_on_failure(tmp_path):
     writer, fs = writer_on_uploads(tmp_path)
     with writer:
-        writer.write({"url": "a", "key": "000000000", "status": "success"}, b"IMAGE")
-        writer.write({"url": "b", "key": "000000001", "status": "failed_to_download"}, None)
+        writer.write(sample(0, "a", b"IMAGE"))
+        writer.write(sample(1, "b", None))
     (upload,) = fs.uploads.values()
     outcome, data = upload.outcome
     assert outcome == "committed"
@@ -257,7 +263,7 @@ def test_writer_commits_on_success_and_discards_on_failure(tmp_path):
 
     writer, fs = writer_on_uploads(tmp_path / "failing")
     with pytest.raises(RuntimeError), writer:
-        writer.write({"url": "a", "key": "000000000", "status": "success"}, b"IMAGE")
+        writer.write(sample(0, "a", b"IMAGE"))
         raise RuntimeError("the shard failed")
     (upload,) = fs.uploads.values()
     assert upload.outcome == ("discarded", None)

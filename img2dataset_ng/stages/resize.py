@@ -1,4 +1,5 @@
-"""Turns downloaded bytes into the stored image: decode, size filters, geometry, encode.
+"""The resize stage: turns downloaded bytes into the stored image (decode, size filters, geometry,
+encode) and records the stored and original sizes.
 
 `Resizer.__call__` returns a `Resized` value or raises `ResizeError` with a short reason.
 """
@@ -6,15 +7,29 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
+import pyarrow as pa
 
-from .config import EncodeFormat, Interpolation, ResizeConfig, ResizeMode
-from .imageinfo import ImageInfo, is_truncated_jpeg, probe
+from ..config import ResizeConfig
+from ..options import EncodeFormat, Interpolation, ResizeMode
+from ..sample import BBOX, Sample, StageError, Status
+from .base import Stage
+from .imageinfo import ImageInfo, is_truncated_jpeg, probe, sniff_format
+
+logger = logging.getLogger(__name__)
+COLUMNS = (
+    pa.field("width", pa.int32()),  # of the stored image
+    pa.field("height", pa.int32()),
+    pa.field("original_width", pa.int32()),  # of the downloaded one
+    pa.field("original_height", pa.int32()),
+)
 
 INTERPOLATIONS = {
     Interpolation.NEAREST: cv2.INTER_NEAREST,
@@ -28,10 +43,9 @@ WHITE = 255
 BYTES_PER_DECODED_PIXEL = 12
 
 
-class ResizeError(Exception):
+class ResizeError(StageError):
     def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, Status.FAILED_TO_RESIZE)
 
 
 @dataclass(frozen=True)
@@ -43,15 +57,37 @@ class Resized:
     original_height: int | None
 
 
-def sniff_format(data: bytes) -> EncodeFormat | None:
-    """The format of encoded image bytes, when it is one we can also write."""
-    if data[:3] == b"\xff\xd8\xff":
-        return EncodeFormat.JPG
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return EncodeFormat.PNG
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return EncodeFormat.WEBP
-    return None
+class Resize(Stage):
+    """Replaces `sample.data` with the resized image; fills width, height, original_width, original_height."""
+
+    failure = Status.FAILED_TO_RESIZE
+
+    def __init__(self, config: ResizeConfig):
+        # decoding many large images at once costs memory, not speed: bound it by the cores
+        concurrent_decodes = max(2, os.cpu_count() or 2)
+        self.decode_slots = threading.BoundedSemaphore(concurrent_decodes)
+        # every worker process of a machine decodes at once: the memory cap is shared by all of them
+        self.resizer = Resizer(config, concurrent_decodes * config.processes_per_machine)
+
+    def columns(self) -> list[pa.Field]:
+        return list(COLUMNS)
+
+    def __call__(self, sample: Sample) -> None:
+        try:
+            with self.decode_slots:
+                resized = self.resizer(sample.source, sample.row.get(BBOX))
+        except ResizeError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a bad image never crashes a shard
+            logger.debug("resize of %s failed", sample.key, exc_info=True)
+            raise ResizeError(f"Image decoding error ({type(error).__name__})") from None
+        sample.data = resized.data
+        sample.fields.update(
+            width=resized.width,
+            height=resized.height,
+            original_width=resized.original_width,
+            original_height=resized.original_height,
+        )
 
 
 class Resizer:
@@ -77,7 +113,7 @@ class Resizer:
         target = self._target_size(original_width, original_height)
         img = decode(data, self._reduction(info, target))
 
-        blurred = bool(c.blur_boxes and boxes)
+        blurred = bool(boxes)
         if blurred:
             img = blur_boxes(img, boxes)
         unchanged = target is None or (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import inspect
 import json
 import resource
 import subprocess
@@ -16,20 +15,18 @@ import pytest
 
 from img2dataset_ng import InputError, download
 from img2dataset_ng.config import Config
-from img2dataset_ng.layout import KeyFormat, OutputFolder
-from img2dataset_ng.reader import Sharder, UrlListReader, _iter_json_array
+from img2dataset_ng.naming import KeyFormat
+from img2dataset_ng.reader import Sharder, UrlListReader
+from img2dataset_ng.reader.json_stream import iter_json_array
+from img2dataset_ng.storage import Folder
 from tests.outputs import read_metadata, write_url_list
-
-DEFAULTS = {
-    n: p.default for n, p in inspect.signature(download).parameters.items() if n not in ("url_list", "progress")
-}
 
 
 def shards_of(url_list, tmp_path, **options):
-    config = Config.from_options(url_list=str(url_list), **{**DEFAULTS, **options})
+    config = Config.from_options(url_list=str(url_list), **options)
     reader = UrlListReader(config.read)
     reader.check_columns()
-    sharder = Sharder(reader, config.write.key_format, OutputFolder.of(str(tmp_path / "tmp")))
+    sharder = Sharder(reader, config.key_format, Folder(str(tmp_path / "tmp")))
     return [(shard.shard_id, shard.read()) for shard in sharder]
 
 
@@ -112,10 +109,10 @@ def test_json_array_is_decoded_incrementally():
         {"url": f"http://h/{i}", "n": i * 1.5, "s": "x" * (i % 7), "nested": [i, {"k": None}]} for i in range(500)
     ]
     text = json.dumps(values, indent=1)
-    assert list(_iter_json_array(io.StringIO(text), read_size=7)) == values
-    assert list(_iter_json_array(io.StringIO("  [ ]  "), read_size=1)) == []
+    assert list(iter_json_array(io.StringIO(text), read_size=7)) == values
+    assert list(iter_json_array(io.StringIO("  [ ]  "), read_size=1)) == []
     with pytest.raises(json.JSONDecodeError):
-        list(_iter_json_array(io.StringIO('[{"url": 1}'), read_size=3))
+        list(iter_json_array(io.StringIO('[{"url": 1}'), read_size=3))
 
 
 def test_shard_ids_count_across_files_and_skip_done_shards(tmp_path):
@@ -123,10 +120,8 @@ def test_shard_ids_count_across_files_and_skip_done_shards(tmp_path):
     folder.mkdir()
     for name, n in (("a", 12), ("b", 3)):
         (folder / f"{name}.txt").write_text("".join(f"http://{name}/{i}\n" for i in range(n)))
-    config = Config.from_options(url_list=str(folder), **{**DEFAULTS, "number_sample_per_shard": 5})
-    sharder = Sharder(
-        UrlListReader(config.read), KeyFormat(5), OutputFolder.of(str(tmp_path / "tmp")), 10, frozenset({11})
-    )
+    config = Config.from_options(url_list=str(folder), number_sample_per_shard=5)
+    sharder = Sharder(UrlListReader(config.read), KeyFormat(5), Folder(str(tmp_path / "tmp")), 10, frozenset({11}))
     shards = list(sharder)
     assert [(s.shard_id, s.row_count) for s in shards] == [(10, 5), (12, 2), (13, 3)]
     assert sharder.skipped == 1
@@ -137,23 +132,20 @@ def test_reader_memory_grows_with_shard_size_not_input_size(tmp_path):
     """Sharding 2M rows must not cost much more memory than sharding 200k rows."""
     script = textwrap.dedent(
         """
-        import inspect, resource, sys
+        import resource, sys
         import pyarrow as pa, pyarrow.parquet as pq
-        from img2dataset_ng import download
         from img2dataset_ng.config import Config
-        from img2dataset_ng.layout import OutputFolder
         from img2dataset_ng.reader import Sharder, UrlListReader
+        from img2dataset_ng.storage import Folder
         rows, path, tmp = int(sys.argv[1]), sys.argv[2], sys.argv[3]
         with pq.ParquetWriter(path, pa.schema([("url", pa.string()), ("caption", pa.string())])) as w:
             for start in range(0, rows, 100_000):
                 n = min(100_000, rows - start)
                 urls = pa.array([f"http://127.0.0.1:1/a/long/path/{i:09d}.jpg" for i in range(start, start + n)])
                 w.write_table(pa.table({"url": urls, "caption": pa.array(["a caption of some length " * 3] * n)}))
-        params = inspect.signature(download).parameters.items()
-        defaults = {n: p.default for n, p in params if n not in ("url_list", "progress")}
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        config = Config.from_options(url_list=path, **{**defaults, "input_format": "parquet", "caption_col": "caption"})
-        n = sum(s.row_count for s in Sharder(UrlListReader(config.read), config.write.key_format, OutputFolder.of(tmp)))
+        config = Config.from_options(url_list=path, input_format="parquet", caption_col="caption")
+        n = sum(s.row_count for s in Sharder(UrlListReader(config.read), config.key_format, Folder(tmp)))
         assert n == rows, n
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
         """

@@ -2,9 +2,9 @@
 
 The cluster is found the way `ray.init` finds it: `RAY_ADDRESS`, else a cluster already running on
 this machine (`address="auto"`), else a local instance started here and stopped at the end.
-At most 2 x the cluster's CPUs shards are in flight (`subjob_size` plays no part). A worker that
-dies mid-shard is retried by Ray (the shard is rewritten from scratch); a shard that raises is
-retried by `run_shards`.
+At most 2 x the cluster's CPUs shards are in flight (`subjob_size` plays no part). A shard whose
+worker dies, or that raises, is retried by `run_shards` (`max_shard_retry` rounds), as with every
+distributor; a retried shard is rewritten from scratch.
 """
 
 from __future__ import annotations
@@ -16,19 +16,16 @@ from typing import Any
 
 import ray
 
-from .config import RunConfig
-from .distributor import Report, ShardFn, fill
+from ..config import RunConfig
+from .base import Report, ShardFn, fill, no_progress
 
 logger = logging.getLogger(__name__)
 
 
-def _ignore_progress(samples: int, successes: int) -> None:
-    """Ray tasks do not report to the driver; the progress bar counts finished shards."""
-
-
-@ray.remote(num_cpus=1, max_retries=3, retry_exceptions=False)
+# no retries of Ray's own: a shard whose worker died fails like any other, and run_shards retries it
+@ray.remote(num_cpus=1, max_retries=0, retry_exceptions=False)
 def _run_shard(fn: ShardFn, shard: Any) -> Any:
-    return fn(shard, _ignore_progress)
+    return fn(shard, no_progress)
 
 
 class RayDistributor:

@@ -1,4 +1,4 @@
-"""The tar members we write by hand are exactly what Python's tarfile writes."""
+"""The tar codec: the members we write by hand are exactly what Python's tarfile writes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from img2dataset_ng.writer import tar_member
+from img2dataset_ng.writers.codecs.tar import tar_member
 
 
 @pytest.mark.parametrize("name, size", [("000000012.jpg", 1234), ("000010005.json", 512), ("0.txt", 0), ("é.txt", 7)])

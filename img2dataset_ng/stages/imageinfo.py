@@ -9,6 +9,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from ..options import EncodeFormat
+
 JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 JPEG_NO_LENGTH = {0x01, 0xD8, *range(0xD0, 0xD8)}
 
@@ -34,6 +36,17 @@ def probe(data: bytes) -> ImageInfo | None:
         return ImageInfo("bmp", *_bmp_size(data))
     if data[:4] in (b"II*\0", b"MM\0*"):
         return ImageInfo("tiff", *_tiff_size(data))
+    return None
+
+
+def sniff_format(data: bytes) -> EncodeFormat | None:
+    """The format of encoded image bytes, when it is one we can also write."""
+    if data[:3] == b"\xff\xd8\xff":
+        return EncodeFormat.JPG
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return EncodeFormat.PNG
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return EncodeFormat.WEBP
     return None
 
 

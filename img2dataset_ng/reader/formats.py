@@ -1,51 +1,27 @@
-"""Reads url lists of every input format, streaming, and cuts them into shards.
-
-Memory grows with the shard size, not with the input: files are read batch by batch and each shard
-is written, as soon as it is full, to a small arrow file that any worker can read. A shard is
-described by a tiny picklable `Shard` (its id and that file's path).
-"""
+"""Reads url lists of every input format, streaming, batch by batch, with canonical column names."""
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import IO, Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
-from .config import InputFormat, ReadConfig
-from .layout import KeyFormat, OutputFolder, filesystem
+from ..config import ReadConfig
+from ..errors import InputError
+from ..options import InputFormat
+from ..sample import BBOX, CAPTION, URL, VERIFY_HASH
+from ..storage import filesystem
+from .json_stream import iter_json_array
 
 logger = logging.getLogger(__name__)
 
 BATCH_ROWS = 65536
-URL, CAPTION, BBOX, VERIFY_HASH = "url", "caption", "__bbox", "__verify_hash"
-INTERNAL_COLUMNS = (BBOX, VERIFY_HASH)
-
-
-class InputError(ValueError):
-    """The url list cannot be read as asked: missing file or column, unreadable content."""
-
-
-@dataclass(frozen=True)
-class Shard:
-    """One unit of work: an id and the arrow file (in a folder every worker can read) holding its rows."""
-
-    shard_id: int
-    folder: OutputFolder
-    file_name: str
-    row_count: int
-
-    def read(self) -> pa.Table:
-        with self.folder.fs.open(self.folder.path(self.file_name), "rb") as f:
-            return feather.read_table(f)
 
 
 class UrlListReader:
@@ -195,7 +171,7 @@ class UrlListReader:
                         yield _record(json.loads(line), path)
         else:
             with self._open(path, "rt") as f:
-                for value in _iter_json_array(f):
+                for value in iter_json_array(f):
                     yield _record(value, path)
 
 
@@ -214,104 +190,3 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def _iter_json_array(f: io.TextIOBase, read_size: int = 1 << 20) -> Iterator[Any]:
-    """The elements of a top-level JSON array, decoded one by one without loading the file."""
-    decoder = json.JSONDecoder()
-    buffer, pos, eof, started = "", 0, False, False
-    while True:
-        # skip blanks and separators; refill when the buffer runs out
-        while True:
-            while pos < len(buffer) and (buffer[pos].isspace() or (started and buffer[pos] == ",")):
-                pos += 1
-            if pos < len(buffer) or eof:
-                break
-            buffer, pos = f.read(read_size), 0
-            eof = not buffer
-        if pos >= len(buffer):
-            if started:
-                raise json.JSONDecodeError("unterminated array", buffer, pos)
-            return
-        if not started:
-            if buffer[pos] != "[":
-                raise json.JSONDecodeError("expected a JSON array of objects", buffer, pos)
-            started, pos = True, pos + 1
-            continue
-        if buffer[pos] == "]":
-            return
-        while True:
-            try:
-                value, end = decoder.raw_decode(buffer, pos)
-                # a number at the very end of the buffer may continue in the next read
-                if end < len(buffer) or eof:
-                    break
-            except json.JSONDecodeError:
-                if eof:
-                    raise
-            more = f.read(read_size)
-            eof = not more
-            buffer, pos = buffer[pos:] + more, 0
-        yield value
-        pos = end
-
-
-class Sharder:
-    """Cuts the reader's rows into shards and writes each to a small arrow file.
-
-    Shard ids count up from `first_shard_id` across the files in sorted order; each file starts a
-    new shard. Shards in `skip` are counted but not written (they are done already).
-    """
-
-    def __init__(
-        self,
-        reader: UrlListReader,
-        key_format: KeyFormat,
-        tmp_folder: OutputFolder,
-        first_shard_id: int = 0,
-        skip: frozenset[int] = frozenset(),
-    ):
-        self.reader = reader
-        self.number_sample_per_shard = key_format.number_sample_per_shard
-        self.key_format = key_format
-        self.tmp_folder = tmp_folder
-        self.first_shard_id = first_shard_id
-        self.skip = skip
-        self.skipped = 0
-
-    def __iter__(self) -> Iterator[Shard]:
-        shard_id = self.first_shard_id
-        for path in self.reader.files:
-            for rows in self._shard_tables(path):
-                if shard_id in self.skip:
-                    self.skipped += 1
-                else:
-                    yield self._write(shard_id, rows)
-                shard_id += 1
-
-    def _shard_tables(self, path: str) -> Iterator[pa.Table]:
-        size = self.number_sample_per_shard
-        pending: list[pa.Table] = []
-        pending_rows = 0
-        for batch in self.reader.batches(path):
-            pending.append(batch)
-            pending_rows += batch.num_rows
-            if pending_rows < size:
-                continue
-            table = pa.concat_tables(pending)
-            start = 0
-            while table.num_rows - start >= size:
-                yield table.slice(start, size)
-                start += size
-            pending = [table.slice(start)] if start < table.num_rows else []
-            pending_rows = table.num_rows - start
-        if pending_rows:
-            yield pa.concat_tables(pending)
-
-    def _write(self, shard_id: int, rows: pa.Table) -> Shard:
-        folder = self.tmp_folder
-        file_name = f"{self.key_format.shard_name(shard_id)}.feather"
-        folder.fs.makedirs(folder.root, exist_ok=True)
-        with folder.fs.open(folder.path(file_name), "wb") as f:
-            feather.write_feather(rows.combine_chunks(), f, compression="uncompressed")
-        return Shard(shard_id, folder, file_name, rows.num_rows)

@@ -1,24 +1,18 @@
-"""Downloads one url: http(s) only, one deadline for the whole request, a cap on the bytes read.
+"""The fetch stage: downloads a sample's url, http(s) only, one deadline for the whole request, a
+cap on the bytes read.
 
-Failures raise `FetchError` with a short, stable message (they become the `error_message` of the
-row) and whether a later attempt could succeed.
-
-Socket timeouts only bound each read, so a server that drips bytes (headers or body) could hold
-a request forever. A `Watchdog` thread therefore shuts down the socket of any request that
-outlives its deadline, wherever it is blocked: connecting, in TLS, reading headers or the body.
+Failures raise `FetchError` (failed_to_download) with a short, stable message that becomes the
+row's `error_message`, and whether a later attempt could succeed. The deadline is enforced by a
+watchdog (`watchdog.py`) that cuts the socket of a request that outlives it.
 """
 
 from __future__ import annotations
 
-import heapq
 import http.client
-import itertools
-import socket
 import ssl
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
@@ -34,7 +28,10 @@ from urllib3.exceptions import (
 )
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
-from .config import FetchConfig
+from ..config import FetchConfig
+from ..sample import URL, Sample, StageError, Status
+from .base import Stage
+from .watchdog import Guard, Watchdog, guarded
 
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 MAX_REDIRECTS = 10
@@ -42,86 +39,11 @@ CHUNK_BYTES = 256 * 1024
 X_ROBOTS_TAG_REFUSAL = "Use of image disallowed by X-Robots-Tag directive"
 
 
-class FetchError(Exception):
+class FetchError(StageError):
     def __init__(self, message: str, retryable: bool = False, retry_after: float | None = None):
-        super().__init__(message)
-        self.message = message
+        super().__init__(message, Status.FAILED_TO_DOWNLOAD)
         self.retryable = retryable
         self.retry_after = retry_after
-
-
-class Guard:
-    """The deadline of one request and the socket it uses; `expired` once the watchdog cut it."""
-
-    def __init__(self, deadline: float):
-        self.deadline = deadline
-        self.sock: socket.socket | None = None
-        self.expired = False
-        self.done = False
-        self.lock = threading.Lock()
-
-    def attach(self, sock: socket.socket | None) -> None:
-        with self.lock:
-            self.sock = sock
-            if self.expired:
-                _shutdown(sock)
-
-    def expire(self) -> None:
-        with self.lock:
-            if not self.done:
-                self.expired = True
-                _shutdown(self.sock)
-
-    def finish(self) -> None:
-        """The request is over: its socket may go back to the pool and must not be cut any more."""
-        with self.lock:
-            self.done = True
-            self.sock = None
-
-
-def _shutdown(sock: socket.socket | None) -> None:
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
-class Watchdog:
-    """One thread that expires the guards whose deadline passed."""
-
-    def __init__(self) -> None:
-        self.heap: list[tuple[float, int, Guard]] = []
-        self.counter = itertools.count()
-        self.wakeup = threading.Condition()
-        self.thread: threading.Thread | None = None
-        self.closed = False
-
-    def watch(self, deadline: float) -> Guard:
-        guard = Guard(deadline)
-        with self.wakeup:
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, daemon=True, name="fetch-watchdog")
-                self.thread.start()
-            heapq.heappush(self.heap, (deadline, next(self.counter), guard))
-            if self.heap[0][2] is guard:
-                self.wakeup.notify()
-        return guard
-
-    def _run(self) -> None:
-        with self.wakeup:
-            while not self.closed:
-                now = time.monotonic()
-                while self.heap and (self.heap[0][0] <= now or self.heap[0][2].done):
-                    _, _, guard = heapq.heappop(self.heap)
-                    if not guard.done:
-                        guard.expire()
-                self.wakeup.wait(self.heap[0][0] - now if self.heap else None)
-
-    def close(self) -> None:
-        with self.wakeup:
-            self.closed = True
-            self.wakeup.notify()
 
 
 def user_agent(token: str | None) -> str:
@@ -142,28 +64,13 @@ def is_disallowed(header_values: Iterable[str], user_agent_token: str | None, di
     return False
 
 
-def _guarded(connection_class: type[HTTPConnection], current: threading.local) -> type[HTTPConnection]:
-    """A connection class that hands its socket to the guard of the request running on this thread."""
+class Fetch(Stage):
+    """Fills `sample.source` and `sample.data` with the body of the sample's url.
 
-    class Guarded(connection_class):  # type: ignore[misc, valid-type]
-        def _new_conn(self) -> socket.socket:
-            sock = super()._new_conn()
-            guard = getattr(current, "guard", None)
-            if guard is not None:
-                guard.attach(sock)
-            return sock
+    One per shard, shared by its threads (connections are pooled and kept alive).
+    """
 
-        def request(self, *args: Any, **kwargs: Any) -> None:
-            guard = getattr(current, "guard", None)
-            if guard is not None and self.sock is not None:  # a reused keep-alive connection
-                guard.attach(self.sock)
-            super().request(*args, **kwargs)
-
-    return Guarded
-
-
-class Fetcher:
-    """Thread-safe: one per worker, shared by its download threads (connections are pooled)."""
+    failure = Status.FAILED_TO_DOWNLOAD
 
     def __init__(self, config: FetchConfig):
         self.config = config
@@ -179,12 +86,18 @@ class Fetcher:
         )
         self.pool.pool_classes_by_scheme = {
             "http": type(
-                "GuardedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": _guarded(HTTPConnection, self.current)}
+                "GuardedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": guarded(HTTPConnection, self.current)}
             ),
             "https": type(
-                "GuardedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": _guarded(HTTPSConnection, self.current)}
+                "GuardedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": guarded(HTTPSConnection, self.current)}
             ),
         }
+
+    def __call__(self, sample: Sample) -> None:
+        body = self.fetch(sample.row[URL])
+        if not body:
+            raise FetchError("empty body")
+        sample.source = sample.data = body
 
     def close(self) -> None:
         self.watchdog.close()

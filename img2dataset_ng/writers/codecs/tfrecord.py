@@ -1,7 +1,6 @@
-"""TFRecord output without TensorFlow: `tf.train.Example` encoding, record framing and CRC32C, by hand.
+"""TFRecord without TensorFlow: `tf.train.Example` encoding, record framing and CRC32C, by hand.
 
-`NNNNN.tfrecord` holds one Example per successful sample (failures are only in `NNNNN.parquet`,
-like every format). The features of an Example are those of img2dataset's tfrecord writer:
+The features of a sample's Example are those of img2dataset's tfrecord writer:
 
 - `key`: bytes_list, the sample key (`000010005`);
 - `jpg` (or `png`, `webp`: the encode_format): bytes_list, the stored image;
@@ -30,8 +29,6 @@ import struct
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO
-
-from .writer import ShardWriter, close_file
 
 logger = logging.getLogger(__name__)
 
@@ -253,21 +250,3 @@ def sample_example(record: dict[str, Any], image: bytes, image_feature: str) -> 
         if name not in features:
             features[name] = feature_of(value)
     return encode_example(features)
-
-
-# ----------------------------------------------------------------------------------------- writer
-
-
-class TFRecordWriter(ShardWriter):
-    """`NNNNN.tfrecord` with one Example per success, streamed through fsspec; plus `NNNNN.parquet`."""
-
-    def open(self) -> None:
-        self.image_feature = self.extension.lstrip(".")
-        self.crc32c = crc32c_function()
-        self.file = self.fs.open(self.folder.path(f"{self.shard_name}.tfrecord"), "wb")
-
-    def write_image(self, record: dict[str, Any], image: bytes) -> None:
-        write_record(self.file, sample_example(record, image, self.image_feature), self.crc32c)
-
-    def close_images(self, failed: bool) -> None:
-        close_file(self.file, failed)

@@ -17,18 +17,15 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from .config import ConfigError, RunConfig
-from .distributor import Report, ShardFn, fill
+from ..config import RunConfig
+from ..errors import ConfigError
+from .base import Report, ShardFn, fill, no_progress
 
 logger = logging.getLogger(__name__)
 
 
-def _ignore_progress(samples: int, successes: int) -> None:
-    """Spark tasks cannot call back into the driver; the progress bar counts finished shards."""
-
-
 def _run_on_executor(fn: ShardFn, shard: Any) -> Any:
-    return fn(shard, _ignore_progress)
+    return fn(shard, no_progress)
 
 
 class SparkDistributor:

@@ -1,0 +1,77 @@
+"""The one place that names things: shard names, sample keys, and every file and folder of a run.
+
+Output folder entries: `NNNNN` + a writer's suffix (`.tar`, `.parquet`, `.tfrecord`, the `NNNNN/`
+folder), `NNNNN_stats.json` (the completion marker), and `_tmp/` (shard inputs waiting for workers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+STATS_SUFFIX = "_stats.json"
+TMP_FOLDER_NAME = "_tmp"
+INPUT_SHARD_SUFFIX = ".feather"
+_SHARD_ENTRY = re.compile(r"^(\d+)(?:\.|_stats\.json$|$)")
+
+
+@dataclass(frozen=True)
+class KeyFormat:
+    """Shard names and sample keys, img2dataset-compatible."""
+
+    number_sample_per_shard: int = 10000
+    oom_shard_count: int = 5
+
+    @property
+    def sample_digits(self) -> int:
+        return math.ceil(math.log10(self.number_sample_per_shard)) if self.number_sample_per_shard > 1 else 0
+
+    def shard_name(self, shard_id: int) -> str:
+        return str(shard_id).zfill(self.oom_shard_count)
+
+    def key(self, shard_id: int, row: int) -> str:
+        digits = self.sample_digits
+        return str(shard_id * 10**digits + row).zfill(digits + self.oom_shard_count)
+
+
+def shard_file(shard_name: str, suffix: str) -> str:
+    """An output entry of a shard: `00042` + `.tar`."""
+    return shard_name + suffix
+
+
+def sample_file(key: str, extension: str) -> str:
+    """A file of one sample (in a tar or a folder): `000420005.jpg`; webdataset groups them by key."""
+    return f"{key}.{extension}"
+
+
+def stats_file(shard_name: str) -> str:
+    return shard_name + STATS_SUFFIX
+
+
+def input_shard_file(shard_name: str) -> str:
+    """The file holding a shard's input rows in the temporary folder."""
+    return shard_name + INPUT_SHARD_SUFFIX
+
+
+def tmp_folder_name(output_url: str) -> str:
+    """The run's folder inside a user-given `tmp_folder`: runs into different outputs stay apart."""
+    return f"img2dataset_ng_{hashlib.sha1(output_url.encode()).hexdigest()[:12]}"
+
+
+def shard_id_of(name: str) -> int | None:
+    """The shard id of an output folder entry (`00042.tar`, `00042_stats.json`, `00042/`), else None."""
+    match = _SHARD_ENTRY.match(name)
+    return int(match.group(1)) if match else None
+
+
+def finished_shards(names: Iterable[str]) -> set[int]:
+    """Ids of the shards whose stats file, their completion marker, is among `names`."""
+    return {shard_id for name in names if name.endswith(STATS_SUFFIX) and (shard_id := shard_id_of(name)) is not None}
+
+
+def highest_shard_id(names: Iterable[str]) -> int | None:
+    ids = [shard_id for name in names if (shard_id := shard_id_of(name)) is not None]
+    return max(ids) if ids else None

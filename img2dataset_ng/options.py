@@ -1,0 +1,345 @@
+"""The table of options: every option of `download()` with its type, default, help and validation.
+
+`download()`'s signature, the CLI flags and `--help` are all made from `OPTIONS`; `parse_options`
+validates a call's options into canonical values (enums, tuples) that `Config.from_options` sorts
+into its dataclasses. Every bad value fails here, before any work starts, with a message that
+names the option and what it allows.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Optional, TypeVar
+
+from .errors import ConfigError
+
+
+class ResizeMode(str, Enum):
+    NO = "no"
+    BORDER = "border"
+    KEEP_RATIO = "keep_ratio"
+    KEEP_RATIO_LARGEST = "keep_ratio_largest"
+    CENTER_CROP = "center_crop"
+
+
+class Interpolation(str, Enum):
+    NEAREST = "nearest"
+    LINEAR = "linear"
+    CUBIC = "cubic"
+    AREA = "area"
+    LANCZOS = "lanczos"
+
+
+INTERPOLATION_ALIASES = {"bilinear": "linear", "bicubic": "cubic", "lanczos4": "lanczos"}
+
+
+class EncodeFormat(str, Enum):
+    JPG = "jpg"
+    PNG = "png"
+    WEBP = "webp"
+
+
+class InputFormat(str, Enum):
+    TXT = "txt"
+    TXT_GZ = "txt.gz"
+    CSV = "csv"
+    CSV_GZ = "csv.gz"
+    TSV = "tsv"
+    TSV_GZ = "tsv.gz"
+    JSON = "json"
+    JSON_GZ = "json.gz"
+    JSONL = "jsonl"
+    JSONL_GZ = "jsonl.gz"
+    PARQUET = "parquet"
+
+
+class HashType(str, Enum):
+    MD5 = "md5"
+    SHA256 = "sha256"
+    SHA512 = "sha512"
+
+
+class IncrementalMode(str, Enum):
+    INCREMENTAL = "incremental"
+    OVERWRITE = "overwrite"
+    EXTEND = "extend"
+
+
+DEFAULT_DISALLOWED_HEADER_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+TRUE, FALSE = {"true", "1", "yes", "y"}, {"false", "0", "no", "n"}
+E = TypeVar("E", bound=Enum)
+Parse = Callable[[str, Any], Any]  # (option name, value) -> canonical value, or ConfigError
+
+
+# --- validators: each takes the option's name (for the message) and a value ------------------
+
+
+def choice(option: str, value: Any, enum: type[E], aliases: Mapping[str, str] | None = None) -> E:
+    """Parse `value` as a member of `enum`, or fail naming `option` and the allowed values."""
+    text = value.value if isinstance(value, Enum) else str(value)
+    text = (aliases or {}).get(text, text)
+    try:
+        return enum(text)
+    except ValueError:
+        allowed = [member.value for member in enum] + sorted(aliases or {})
+        raise ConfigError(f"{option} must be one of {', '.join(allowed)}; got {value!r}") from None
+
+
+def one_of(enum: type[Enum], aliases: Mapping[str, str] | None = None) -> Parse:
+    return lambda option, value: choice(option, value, enum, aliases)
+
+
+def at_least(minimum: float, kind: type = int) -> Parse:
+    def parse(option: str, value: Any) -> Any:
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{option} must be a number; got {value!r}") from None
+        if not number >= minimum:  # also refuses NaN
+            raise ConfigError(f"{option} must be >= {minimum}; got {value!r}")
+        return number
+
+    return parse
+
+
+def boolean(option: str, value: Any) -> bool:
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in TRUE | FALSE:
+            return lowered in TRUE
+        raise ConfigError(f"{option} must be True or False; got {value!r}")
+    return bool(value)
+
+
+def text(option: str, value: Any) -> str:
+    return str(value)
+
+
+def names(option: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not all(isinstance(name, str) for name in value):
+        raise ConfigError(f"{option} must be a list of strings; got {value!r}")
+    return tuple(value)
+
+
+def url_list(option: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{option} must be a path or url of a file or folder; got {value!r}")
+    return value
+
+
+def verify_hash(option: str, value: Any) -> tuple[str, HashType] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or len(value) != 2:
+        raise ConfigError(f"{option} must be [column, hash_type]; got {value!r}")
+    return str(value[0]), choice(f"{option} hash_type", value[1], HashType)
+
+
+def directives(option: str, value: Any) -> tuple[str, ...]:
+    chosen = DEFAULT_DISALLOWED_HEADER_DIRECTIVES if value is None else names(option, value)
+    return tuple(d.strip().lower() for d in chosen)
+
+
+def mapping(option: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{option} must be a dict; got {value!r}")
+    return dict(value)
+
+
+def optional(parse: Parse) -> Parse:
+    return lambda option, value: None if value is None else parse(option, value)
+
+
+# --- the table ------------------------------------------------------------------------------
+
+REQUIRED = inspect.Parameter.empty
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    kind: type  # bool, int, float, str, list or dict: what the CLI parses a flag's text as
+    default: Any
+    help: str
+    parse: Parse
+    nullable: bool = False  # None is a meaningful value (the CLI takes `None` for it)
+
+    @property
+    def annotation(self) -> Any:
+        kind = {list: list[str], dict: dict[str, Any]}.get(self.kind, self.kind)
+        return Optional[kind] if self.nullable else kind  # noqa: UP007 - an object, not an annotation
+
+
+def _enum_help(enum: type[Enum]) -> str:
+    return ", ".join(member.value for member in enum)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("url_list", str, REQUIRED, "file or folder of url lists (any fsspec url)", url_list),
+    Option("image_size", int, 256, "target size in pixels", at_least(1)),
+    Option("output_folder", str, "images", "where shards go (any fsspec url)", text),
+    Option(
+        "processes_count",
+        int,
+        1,
+        "worker processes (multiprocessing); size of a local Spark session or Ray instance "
+        "(a running cluster brings its own)",
+        at_least(1),
+    ),
+    Option("resize_mode", str, "border", _enum_help(ResizeMode), one_of(ResizeMode)),
+    Option("resize_only_if_bigger", bool, False, "never upscale; leave images that are not bigger untouched", boolean),
+    Option(
+        "upscale_interpolation",
+        str,
+        "lanczos",
+        _enum_help(Interpolation),
+        one_of(Interpolation, INTERPOLATION_ALIASES),
+    ),
+    Option(
+        "downscale_interpolation",
+        str,
+        "area",
+        _enum_help(Interpolation),
+        one_of(Interpolation, INTERPOLATION_ALIASES),
+    ),
+    Option("encode_quality", int, 95, "jpg/webp quality 0-100; png compression 0-9", at_least(0)),
+    Option("encode_format", str, "jpg", _enum_help(EncodeFormat), one_of(EncodeFormat)),
+    Option(
+        "skip_reencode", bool, False, "keep the original bytes when no resize happened and the format matches", boolean
+    ),
+    Option("output_format", str, "files", "files, webdataset, parquet, tfrecord, dummy, or a registered writer", text),
+    Option("input_format", str, "txt", _enum_help(InputFormat), one_of(InputFormat)),
+    Option("url_col", str, "url", "url column", text),
+    Option("caption_col", str, None, "caption column; when set, captions are saved", optional(text), True),
+    Option("bbox_col", str, None, "column of [[x0,y0,x1,y1], ...] relative boxes to blur", optional(text), True),
+    Option("thread_count", int, 256, "concurrent downloads per process", at_least(1)),
+    Option("number_sample_per_shard", int, 10000, "rows per shard", at_least(1)),
+    Option("extract_exif", bool, True, "add an exif column", boolean),
+    Option(
+        "save_additional_columns",
+        list,
+        None,
+        'input columns copied into the metadata, e.g. \'["a","b"]\'',
+        names,
+        True,
+    ),
+    Option("timeout", float, 10, "deadline in seconds for each whole request", at_least(0.001, float)),
+    Option("enable_wandb", bool, False, "log progress to Weights & Biases", boolean),
+    Option("wandb_project", str, "img2dataset", "Weights & Biases project", text),
+    Option("oom_shard_count", int, 5, "digits of the shard part of names and keys", at_least(1)),
+    Option("compute_hash", str, "sha256", "None, " + _enum_help(HashType), optional(one_of(HashType)), True),
+    Option("verify_hash", list, None, "[column, hash_type]: fail samples whose hash differs", verify_hash, True),
+    Option("distributor", str, "multiprocessing", "multiprocessing, pyspark, ray, or a registered one", text),
+    Option(
+        "subjob_size",
+        int,
+        1000,
+        "pyspark: the most shards in flight at once, each its own Spark job (at most 2 x the cores)",
+        at_least(1),
+    ),
+    Option("retries", int, 0, "extra download attempts per url (timeouts, connection errors, 429, 5xx)", at_least(0)),
+    Option("disable_all_reencoding", bool, False, "store the downloaded bytes as they are", boolean),
+    Option("min_image_size", int, 0, "refuse images whose smaller side is below this", at_least(0)),
+    Option("max_image_area", float, float("inf"), "refuse images with more pixels", at_least(0, float)),
+    Option(
+        "max_aspect_ratio", float, float("inf"), "refuse images with a larger max/min side ratio", at_least(1, float)
+    ),
+    Option("incremental_mode", str, "incremental", _enum_help(IncrementalMode), one_of(IncrementalMode)),
+    Option("max_shard_retry", int, 1, "rounds of re-running shards that failed as a whole", at_least(0)),
+    Option(
+        "user_agent_token",
+        str,
+        None,
+        "appended to the User-Agent; selects UA-scoped X-Robots-Tag rules",
+        optional(text),
+        True,
+    ),
+    Option(
+        "disallowed_header_directives",
+        list,
+        None,
+        "X-Robots-Tag directives that refuse an image; '[]' turns it off "
+        "(default: noai, noimageai, noindex, noimageindex)",
+        directives,
+        True,
+    ),
+    Option("ignore_ssl_certificate", bool, False, "skip TLS verification", boolean),
+    Option(
+        "max_download_bytes",
+        int,
+        50 * 1024 * 1024,
+        "refuse bodies larger than this many bytes ('too large'), without reading them",
+        at_least(1),
+    ),
+    Option(
+        "max_image_pixels",
+        int,
+        100_000_000,
+        "refuse, before decoding, images whose header declares more pixels "
+        "(decompression bombs; also capped by the machine's memory)",
+        at_least(1),
+    ),
+    Option(
+        "storage_options",
+        dict,
+        None,
+        'fsspec storage options as JSON, e.g. \'{"endpoint_url": "http://..."}\', or such options keyed by protocol',
+        mapping,
+        True,
+    ),
+    Option(
+        "tmp_folder",
+        str,
+        None,
+        "where shard inputs wait for workers; all workers must read it (default: OUTPUT/_tmp)",
+        optional(text),
+        True,
+    ),
+    Option("progress", bool, None, "show the progress bar (default: on a terminal)", optional(boolean), True),
+    Option(
+        "stages",
+        list,
+        None,
+        "more per-sample stages, run after the built-in ones: registered names or module:Class paths",
+        names,
+        True,
+    ),
+)
+BY_NAME = {option.name: option for option in OPTIONS}
+
+SIGNATURE = inspect.Signature(
+    [
+        inspect.Parameter(o.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=o.default, annotation=o.annotation)
+        for o in OPTIONS
+    ],
+    return_annotation="Summary",
+)
+
+
+def bind(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A call's arguments as {option: value}, as Python binds them to `SIGNATURE` (defaults not filled)."""
+    return dict(SIGNATURE.bind(*args, **kwargs).arguments)
+
+
+def parse_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option, defaulted where not given and validated into its canonical value."""
+    unknown = sorted(set(options) - set(BY_NAME))
+    if unknown:
+        raise ConfigError(f"unknown option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}")
+    missing = [o.name for o in OPTIONS if o.default is REQUIRED and o.name not in options]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} is required")
+    return {o.name: o.parse(o.name, options.get(o.name, o.default)) for o in OPTIONS}
+
+
+def default(name: str) -> Any:
+    """The canonical default of option `name` (what the config dataclasses start from)."""
+    option = BY_NAME[name]
+    return option.parse(name, option.default)

@@ -1,0 +1,91 @@
+"""Cuts the reader's rows into shards, each written to a small arrow file that any worker can read.
+
+Memory grows with the shard size, not with the input: each shard is written as soon as it is
+full. A shard is described by a tiny picklable `Shard` (its id and that file's folder and name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.feather as feather
+
+from ..naming import KeyFormat, input_shard_file
+from ..storage import Folder
+from .formats import UrlListReader
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One unit of work: an id and the arrow file (in a folder every worker can read) holding its rows."""
+
+    shard_id: int
+    folder: Folder
+    file_name: str
+    row_count: int
+
+    def read(self) -> pa.Table:
+        with self.folder.open(self.file_name) as f:
+            return feather.read_table(f)
+
+
+class Sharder:
+    """Cuts the reader's rows into shards and writes each to a small arrow file.
+
+    Shard ids count up from `first_shard_id` across the files in sorted order; each file starts a
+    new shard. Shards in `skip` are counted but not written (they are done already).
+    """
+
+    def __init__(
+        self,
+        reader: UrlListReader,
+        key_format: KeyFormat,
+        tmp_folder: Folder,
+        first_shard_id: int = 0,
+        skip: frozenset[int] = frozenset(),
+    ):
+        self.reader = reader
+        self.key_format = key_format
+        self.tmp_folder = tmp_folder
+        self.first_shard_id = first_shard_id
+        self.skip = skip
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[Shard]:
+        shard_id = self.first_shard_id
+        for path in self.reader.files:
+            for rows in self._shard_tables(path):
+                if shard_id in self.skip:
+                    self.skipped += 1
+                else:
+                    yield self._write(shard_id, rows)
+                shard_id += 1
+
+    def _shard_tables(self, path: str) -> Iterator[pa.Table]:
+        size = self.key_format.number_sample_per_shard
+        pending: list[pa.Table] = []
+        pending_rows = 0
+        for batch in self.reader.batches(path):
+            pending.append(batch)
+            pending_rows += batch.num_rows
+            if pending_rows < size:
+                continue
+            table = pa.concat_tables(pending)
+            start = 0
+            while table.num_rows - start >= size:
+                yield table.slice(start, size)
+                start += size
+            pending = [table.slice(start)] if start < table.num_rows else []
+            pending_rows = table.num_rows - start
+        if pending_rows:
+            yield pa.concat_tables(pending)
+
+    def _write(self, shard_id: int, rows: pa.Table) -> Shard:
+        folder = self.tmp_folder
+        file_name = input_shard_file(self.key_format.shard_name(shard_id))
+        folder.makedirs()
+        with folder.open(file_name, "wb") as f:
+            feather.write_feather(rows.combine_chunks(), f, compression="uncompressed")
+        return Shard(shard_id, folder, file_name, rows.num_rows)

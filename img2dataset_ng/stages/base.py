@@ -1,0 +1,129 @@
+"""The stage contract: one per-sample step, the metadata columns it adds and the status it fails with.
+
+A stage is built once per shard in the worker, called for each sample from many threads at once
+(so it must be thread-safe), and closed when the shard ends. It reads and fills the `Sample`; to
+fail it, it raises `StageError`. Later stages skip a failed sample unless they set
+`after_failure`. Stages that need batches (a model) subclass `BatchStage`: each sample is
+prepared on its own thread, then the prepared samples are processed together.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+import pyarrow as pa
+
+from ..registry import Registry
+from ..sample import Sample, StageError, Status
+
+
+class Stage:
+    failure: ClassVar[Status] = Status.FAILED_TO_RESIZE  # what a StageError raised here marks the sample as
+    after_failure: ClassVar[bool] = False  # also called for samples that an earlier stage failed
+
+    def columns(self) -> list[pa.Field]:
+        """The metadata columns this stage fills in `sample.fields` (None where it did not run)."""
+        return []
+
+    def __call__(self, sample: Sample) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """The shard is over: release connections, pools, models."""
+
+
+def columns_of(stages: Iterable[Stage]) -> list[pa.Field]:
+    """The metadata columns that these stages add, in stage order."""
+    return [column for stage in stages for column in stage.columns()]
+
+
+def run_stages(stages: Iterable[Stage], sample: Sample) -> Sample:
+    """Take one sample through the stages; a StageError fails it with the stage's status."""
+    for stage in stages:
+        if not sample.ok and not stage.after_failure:
+            continue
+        try:
+            stage(sample)
+        except StageError as error:
+            sample.fail(error.status or stage.failure, error.message)
+    return sample
+
+
+class _Waiting:
+    """A sample of a BatchStage, waiting for its batch to be processed."""
+
+    __slots__ = ("sample", "prepared", "error", "done", "taken")
+
+    def __init__(self, sample: Sample, prepared: Any):
+        self.sample, self.prepared = sample, prepared
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.taken = False
+
+
+class BatchStage(Stage):
+    """A stage that processes samples in batches of up to `batch_size`.
+
+    `prepare(sample)` runs on the sample's own thread (decode, resize, normalise) and may fail
+    just that sample. The thread that fills a batch processes it with `process_batch`; a partial
+    batch is processed by its oldest sample's thread after `linger` seconds, so the end of a shard
+    (or a shard with fewer threads than `batch_size`) never waits for samples that will not come.
+    A StageError from `process_batch` fails every sample of the batch.
+    """
+
+    batch_size: int = 32
+    linger: float = 0.05
+
+    def __init__(self, config: Any = None) -> None:
+        """`config`: the run's Config, which a stage factory is given (unused here)."""
+        self._lock = threading.Lock()
+        self._pending: list[_Waiting] = []
+
+    def prepare(self, sample: Sample) -> Any:
+        """Per-sample work before the batch; its result is handed to `process_batch`."""
+        return None
+
+    def process_batch(self, samples: Sequence[Sample], prepared: Sequence[Any]) -> None:
+        raise NotImplementedError
+
+    def __call__(self, sample: Sample) -> None:
+        waiting = _Waiting(sample, self.prepare(sample))
+        with self._lock:
+            self._pending.append(waiting)
+            batch = self._take() if len(self._pending) >= self.batch_size else None
+        if batch is None and not waiting.done.wait(self.linger):
+            with self._lock:
+                batch = None if waiting.taken else self._take()
+        if batch is not None:
+            self._process(batch)
+        waiting.done.wait()
+        if waiting.error is not None:
+            raise waiting.error
+
+    def _take(self) -> list[_Waiting]:
+        batch, self._pending = self._pending, []
+        for waiting in batch:
+            waiting.taken = True
+        return batch
+
+    def _process(self, batch: list[_Waiting]) -> None:
+        try:
+            self.process_batch([w.sample for w in batch], [w.prepared for w in batch])
+        except BaseException as error:  # noqa: BLE001 - each sample's thread re-raises it
+            for waiting in batch:
+                waiting.error = error
+        finally:
+            for waiting in batch:
+                waiting.done.set()
+
+
+# name -> a factory taking the Config and returning a Stage (a Stage class with such an __init__ is one)
+STAGES: Registry[Any] = Registry("stages", "img2dataset_ng.stages", builtins={})
+
+
+def register_stage(name: str, factory: Any) -> None:
+    """Make `stages=[name]` add `factory(config)` to every shard's stages; third-party packages may
+    instead declare an entry point in the `img2dataset_ng.stages` group."""
+    STAGES.register(name, factory)

@@ -1,0 +1,128 @@
+"""The writer contract, the registry of output formats, and the metadata parquet every format shares.
+
+A writer is made by the shard worker for one shard and used as a context manager: `write(sample)`
+once per sample of the shard, in sample order, success or failure alike; then `close()` makes
+its files visible complete, or, when the shard failed, `abort()` discards what can be discarded.
+The shard's stats file is not the writer's: the worker writes it last, after `close()`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import IO, Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..naming import shard_file
+from ..registry import Builtin, Registry
+from ..sample import Sample
+from ..storage import Folder
+
+
+class ShardWriter(ABC):
+    # what the writer makes in the output folder, as suffixes of the shard name (`.tar`, or "" for
+    # a folder named like the shard): removed before the shard is run again
+    suffixes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, folder: Folder, shard_name: str, schema: pa.Schema, image_format: str):
+        """`schema`: the metadata columns; `image_format`: the stored images' extension (`jpg`)."""
+        self.folder = folder
+        self.shard_name = shard_name
+        self.schema = schema
+        self.image_format = image_format
+
+    @abstractmethod
+    def write(self, sample: Sample) -> None:
+        """One sample: its metadata row always, its image (`sample.data`) when it succeeded."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Commit: every file of the shard is complete and visible."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """The shard failed: discard what was written where the filesystem allows it."""
+
+    def record(self, sample: Sample) -> dict[str, Any]:
+        """The sample's metadata row, in schema order."""
+        return sample.metadata(self.schema.names)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def discard(file: IO) -> None:
+    """Close `file` without committing it where the filesystem can (object store uploads)."""
+    cancel = getattr(file, "discard", None)
+    if cancel is not None:
+        cancel()
+    else:
+        file.close()
+
+
+class MetadataParquet:
+    """`NNNNN.parquet` with one row per sample, written whole when the shard closes (rows are small)."""
+
+    def __init__(self, folder: Folder, shard_name: str, schema: pa.Schema):
+        self.folder, self.name, self.schema = folder, shard_file(shard_name, ".parquet"), schema
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.rows.append(record)
+
+    def close(self) -> None:
+        table = pa.Table.from_pylist(self.rows, schema=self.schema)
+        with self.folder.open(self.name, "wb") as f:
+            pq.write_table(table, f)
+
+
+class ImagesAndMetadataWriter(ShardWriter):
+    """The common shape of a format: every row goes to `NNNNN.parquet`, each success also to the
+    format's own files through `write_image`; `close_images` commits those before the metadata."""
+
+    def __init__(self, folder: Folder, shard_name: str, schema: pa.Schema, image_format: str):
+        super().__init__(folder, shard_name, schema, image_format)
+        self.metadata = MetadataParquet(folder, shard_name, schema)
+
+    @abstractmethod
+    def write_image(self, sample: Sample, record: dict[str, Any]) -> None:
+        """Store one successful sample, its metadata row given."""
+
+    @abstractmethod
+    def close_images(self) -> None: ...
+
+    def write(self, sample: Sample) -> None:
+        record = self.record(sample)
+        self.metadata.add(record)
+        if sample.ok:
+            self.write_image(sample, record)
+
+    def close(self) -> None:
+        self.close_images()
+        self.metadata.close()
+
+
+WRITERS: Registry[type[ShardWriter]] = Registry(
+    "output_format",
+    "img2dataset_ng.writers",
+    builtins={
+        "files": Builtin("img2dataset_ng.writers.files:FilesWriter"),
+        "webdataset": Builtin("img2dataset_ng.writers.webdataset:WebDatasetWriter"),
+        "parquet": Builtin("img2dataset_ng.writers.parquet:ParquetWriter"),
+        "tfrecord": Builtin("img2dataset_ng.writers.tfrecord:TFRecordWriter"),
+        "dummy": Builtin("img2dataset_ng.writers.dummy:DummyWriter"),
+    },
+)
+
+
+def register_writer(name: str, writer: type[ShardWriter]) -> None:
+    """Make `output_format=name` use `writer`; third-party packages may instead declare an entry
+    point in the `img2dataset_ng.writers` group."""
+    WRITERS.register(name, writer)
