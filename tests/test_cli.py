@@ -145,9 +145,7 @@ def test_reserved_additional_columns_are_refused(tmp_path, column):
 def test_png_quality_is_a_compression_level_clamped_to_9_and_jpg_quality_is_checked():
     from img2dataset_ng.config import Config
 
-    params = inspect.signature(download).parameters
-    defaults = {n: p.default for n, p in params.items() if n not in ("url_list", "progress", "tmp_folder")}
-    assert Config.from_options(url_list="x", **{**defaults, "encode_format": "png"}).resize.encode_quality == 9
+    assert Config.from_options(url_list="x", encode_format="png").resize.encode_quality == 9
     with pytest.raises(ConfigError, match="encode_quality must be 0-100"):
         download("x.txt", encode_quality=101)
 
@@ -182,3 +180,19 @@ def test_cli_runs_a_download_and_reports_bad_input(tmp_path, server, capsys):
         main([str(url_list), "--input_format", "csv", "--url_col", "link", "--output_folder", str(tmp_path / "o2")])
     assert exit_.value.code == 2
     assert "'link' not found" in capsys.readouterr().err
+
+
+def test_config_defaults_are_the_option_defaults():
+    """The dataclasses' own defaults and `download()`'s defaults are one set of values."""
+    from img2dataset_ng.config import Config, ReadConfig
+
+    assert Config.from_options(url_list="urls.txt") == Config(read=ReadConfig(url_list="urls.txt"))
+
+
+def test_download_binds_its_arguments_like_a_python_function(tmp_path):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'image_sise'"):
+        download("urls.txt", image_sise=64)
+    with pytest.raises(TypeError, match="multiple values for argument 'image_size'"):
+        download("urls.txt", 64, image_size=32)
+    with pytest.raises(ConfigError, match="image_size must be >= 1; got 0"):
+        download("urls.txt", 0, str(tmp_path / "out"))  # positional, in img2dataset's order
