@@ -76,6 +76,7 @@ class ShardWorker:
         writer_class = config.write.writer
         # what an interrupted attempt may have left; the stats file first
         folder.remove([stats_file(shard_name), *(shard_file(shard_name, s) for s in writer_class.suffixes)])
+        folder.makedirs()  # a worker may run where the driver did not make it (a node-local path)
 
         table = shard.read()
         samples = [
@@ -108,7 +109,8 @@ class ShardWorker:
 def in_order(samples: Sequence[Sample], stages: Sequence[Stage], thread_count: int) -> Iterator[Sample]:
     """The samples, each taken through the stages on one of `thread_count` threads, in index order.
 
-    A sample's bytes are dropped once the consumer asks for the next one.
+    A sample's downloaded bytes are dropped when its stages are done, its stored bytes once the
+    consumer asks for the next sample.
     """
     thread_count = max(1, min(thread_count, len(samples)))
     lock = threading.Condition()
@@ -127,7 +129,8 @@ def in_order(samples: Sequence[Sample], stages: Sequence[Stage], thread_count: i
                     return
                 index, next_start = next_start, next_start + 1
             try:
-                run_stages(stages, samples[index])
+                sample = run_stages(stages, samples[index])
+                sample.source = None  # every stage has seen the downloaded bytes: free them now
                 error = None
             except BaseException as raised:  # noqa: BLE001 - re-raised in the shard's thread
                 error = raised
@@ -151,7 +154,7 @@ def in_order(samples: Sequence[Sample], stages: Sequence[Stage], thread_count: i
                 buffered -= _size(sample)
                 lock.notify_all()
             yield sample
-            sample.source = sample.data = None  # handed on: the bytes are the writer's business now
+            sample.data = None  # handed on: the stored bytes are the writer's business now
     finally:
         with lock:
             stopping = True
@@ -161,4 +164,4 @@ def in_order(samples: Sequence[Sample], stages: Sequence[Stage], thread_count: i
 
 
 def _size(sample: Sample) -> int:
-    return len(sample.data or b"") + len(sample.source or b"")
+    return len(sample.data or b"")

@@ -1,15 +1,17 @@
 """The stage contract: one per-sample step, the metadata columns it adds and the status it fails with.
 
 A stage is built once per shard in the worker, called for each sample from many threads at once
-(so it must be thread-safe), and closed when the shard ends. It reads and fills the `Sample`; to
-fail it, it raises `StageError`. Later stages skip a failed sample unless they set
-`after_failure`. Stages that need batches (a model) subclass `BatchStage`: each sample is
+(so it must be thread-safe), and closed when the shard ends; it is also built once in the driver,
+to check its columns before any work, so its `__init__` should be cheap (load models on first
+use). It reads and fills the `Sample`; to fail it, it raises `StageError`. Later stages skip a
+failed sample unless they set `after_failure`. Stages that need batches (a model) subclass `BatchStage`: each sample is
 prepared on its own thread, then the prepared samples are processed together.
 """
 
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
@@ -19,18 +21,20 @@ from ..registry import Registry
 from ..sample import Sample, StageError, Status
 
 
-class Stage:
-    failure: ClassVar[Status] = Status.FAILED_TO_RESIZE  # what a StageError raised here marks the sample as
+class Stage(ABC):
+    # what a StageError raised here marks the sample as; img2dataset's statuses are
+    # failed_to_download and failed_to_resize, which counts every failure after the download
+    failure: ClassVar[Status] = Status.FAILED_TO_RESIZE
     after_failure: ClassVar[bool] = False  # also called for samples that an earlier stage failed
 
     def columns(self) -> list[pa.Field]:
         """The metadata columns this stage fills in `sample.fields` (None where it did not run)."""
         return []
 
-    def __call__(self, sample: Sample) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def __call__(self, sample: Sample) -> None: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most stages hold nothing
         """The shard is over: release connections, pools, models."""
 
 
@@ -85,8 +89,8 @@ class BatchStage(Stage):
         """Per-sample work before the batch; its result is handed to `process_batch`."""
         return None
 
-    def process_batch(self, samples: Sequence[Sample], prepared: Sequence[Any]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def process_batch(self, samples: Sequence[Sample], prepared: Sequence[Any]) -> None: ...
 
     def __call__(self, sample: Sample) -> None:
         waiting = _Waiting(sample, self.prepare(sample))
