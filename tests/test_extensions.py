@@ -241,7 +241,7 @@ def test_the_worked_examples_of_the_architecture_doc_run(tmp_path, server, monke
         number_sample_per_shard=2,
     )
     assert summary.shards_done == 2 and summary.count == 4
-    lines = [json.loads(line) for p in sorted((tmp_path / "out").glob("*.jsonl")) for line in p.read_text().split("\n")]
+    lines = read_jsonl(tmp_path / "out")
     assert [(row["status"], row["error_message"]) for row in lines] == [
         ("failed_to_resize", "too blurry"),
         ("success", None),
