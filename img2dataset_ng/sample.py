@@ -43,6 +43,7 @@ CORE_COLUMNS = (
 URL, CAPTION = "url", "caption"
 PRIVATE_PREFIX = "__"  # input columns that stages read but the metadata does not keep:
 BBOX, VERIFY_HASH = "__bbox", "__verify_hash"  # bbox_col, and verify_hash's column
+INPUT_ERROR = "__input_error"  # set by the reader on a row it could not read: the row fails with it
 
 
 @dataclass(slots=True)

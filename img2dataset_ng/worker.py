@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from .config import Config
 from .naming import shard_file, stats_file
 from .reader import Shard
-from .sample import Sample, metadata_schema
+from .sample import INPUT_ERROR, Sample, Status, metadata_schema
 from .stages.base import Stage, columns_of, run_stages
 from .stages.pipeline import download_stages
 from .stats import ShardStats
@@ -83,6 +83,9 @@ class ShardWorker:
             Sample(index, config.key_format.key(shard.shard_id, index), row)
             for index, row in enumerate(table.to_pylist())
         ]
+        for sample in samples:  # rows the reader could not read fail before any stage
+            if sample.row.get(INPUT_ERROR) is not None:
+                sample.fail(Status.FAILED_TO_DOWNLOAD, sample.row[INPUT_ERROR])
         stages = download_stages(config)
         try:
             schema = metadata_schema(table.schema, columns_of(stages))
