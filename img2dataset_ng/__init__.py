@@ -6,11 +6,12 @@ The extension points, each one file plus one registration: a stage (`Stage` or `
 
 from .config import Config
 from .distributors import register_distributor
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, Interrupted, StorageError
 from .main import download, run
 from .sample import Sample, StageError, Status
 from .stages import BatchStage, Stage, register_stage
 from .stats import Summary
+from .version import __version__
 from .writers import ShardWriter, register_writer
 
 __all__ = [
@@ -18,16 +19,18 @@ __all__ = [
     "Config",
     "ConfigError",
     "InputError",
+    "Interrupted",
     "Sample",
     "ShardWriter",
     "Stage",
     "StageError",
+    "StorageError",
     "Status",
     "Summary",
     "download",
     "register_distributor",
     "register_stage",
     "register_writer",
+    "__version__",
     "run",
 ]
-__version__ = "0.1.0"

@@ -3,21 +3,29 @@
 Flags and `--help` come from the table of options. They are written the way img2dataset users
 write them: `--flag=True`, `--flag True`, bare `--flag` for booleans, lists as JSON or Python
 literals, and hyphens for underscores.
+
+Exit codes: 0 done; 1 some shards failed (run the same command again to finish them); 2 bad
+options, input or folders (one line says what and what to do); 130 interrupted (finished shards
+are kept: the same command finishes the job).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, Interrupted, StorageError
 from .main import download
 from .options import BY_NAME, FALSE, OPTIONS, REQUIRED, TRUE, Option
+from .version import __version__
+
+DONE, SHARDS_FAILED, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
 
 
 def parse_bool(text: str) -> bool:
@@ -66,12 +74,27 @@ def value_parser(option: Option) -> Callable[[str], Any]:
     return parse
 
 
+class Parser(argparse.ArgumentParser):
+    """Errors in one line (no usage dump), with the closest option for a misspelt flag."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        unknown = message.partition("unrecognized arguments: ")[2].split()
+        flags = [flag for flag in unknown if flag.startswith("--")]
+        if flags:
+            flag = flags[0].split("=")[0]
+            known = [s for action in self._actions for s in action.option_strings if s.startswith("--")]
+            close = difflib.get_close_matches(flag, known, n=1)
+            message = f"unknown option {flag}" + (f"; did you mean {close[0]}?" if close else "")
+        self.exit(BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="img2dataset-ng",
         description="Turn lists of image urls into an image dataset (a drop-in successor of img2dataset).",
         allow_abbrev=False,
     )
+    parser.add_argument("--version", action="version", version=f"img2dataset-ng {__version__}")
     parser.add_argument("url_list_positional", nargs="?", metavar="URL_LIST", help=BY_NAME["url_list"].help)
     for option in OPTIONS:
         name = option.name
@@ -117,9 +140,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("img2dataset_ng").setLevel(logging.INFO)
     try:
         summary = download(**args)
-    except (ConfigError, InputError) as error:
-        parser.exit(2, f"img2dataset-ng: error: {error}\n")
-    return 1 if summary.failed_shards else 0
+    except (ConfigError, InputError, StorageError) as error:
+        parser.exit(BAD_INPUT, f"img2dataset-ng: error: {error}\n")
+    except Interrupted as stop:
+        done = stop.summary
+        parser.exit(
+            INTERRUPTED,
+            f"img2dataset-ng: interrupted: {done.shards_done} shard(s) finished in this run and kept in "
+            f"{done.output_folder} ({done.shards_skipped} done before); run the same command again to finish\n",
+        )
+    return SHARDS_FAILED if summary.failed_shards else DONE
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The errors a user catches: bad options and unreadable input, both raised before any work starts."""
+"""The errors a user catches: bad options, unreadable input and unusable folders (all raised before
+any work starts), and an interrupted run."""
 
 from __future__ import annotations
 
@@ -9,3 +10,16 @@ class ConfigError(ValueError):
 
 class InputError(ValueError):
     """The url list cannot be read as asked: missing file or column, unreadable content."""
+
+
+class StorageError(ValueError):
+    """A folder cannot be read or written: the message names it, the cause and what to check."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was interrupted (Ctrl-C); `summary` says what was done. Finished shards are kept:
+    running the same command again finishes the job."""
+
+    def __init__(self, summary: object):
+        super().__init__("interrupted")
+        self.summary = summary

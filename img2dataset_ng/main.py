@@ -6,14 +6,17 @@ import logging
 import time
 from typing import Any
 
+from . import provenance
 from .config import Config
 from .distributors.base import DISTRIBUTORS, run_shards
-from .naming import TMP_FOLDER_NAME, finished_shards, highest_shard_id, tmp_folder_name
-from .observers import Progress, WandbLogger
+from .errors import ConfigError, Interrupted
+from .naming import STATS_SUFFIX, TMP_FOLDER_NAME, finished_shards, highest_shard_id, is_ours, tmp_folder_name
+from .observers import Progress, WandbLogger, log_failures
 from .options import OPTIONS, SIGNATURE, IncrementalMode, bind
 from .reader import Sharder, UrlListReader
 from .stages.pipeline import check_columns, download_stages
 from .stats import ShardStats, Summary
+from .storage import Folder, accessing
 from .worker import ShardWorker
 
 logger = logging.getLogger(__name__)
@@ -42,24 +45,22 @@ def run(config: Config) -> Summary:
     reader.check_columns()
 
     folder = config.write.output_folder
-    mode = config.run.incremental_mode
-    first_shard_id, skip = 0, frozenset()
-    if mode is IncrementalMode.OVERWRITE:
-        folder.empty()
-    elif mode is IncrementalMode.EXTEND:
-        highest = highest_shard_id(folder.names())
-        first_shard_id = 0 if highest is None else highest + 1
-    else:
-        skip = frozenset(finished_shards(folder.names()))
-    folder.makedirs()
-
+    with accessing(folder.url, "use output_folder"):
+        created = not folder.exists()
+        first_shard_id, skip = prepare_output(config, reader)
     tmp = config.run.tmp_folder
     tmp = folder.child(TMP_FOLDER_NAME) if tmp is None else tmp.child(tmp_folder_name(folder.url))
-    sharder = Sharder(reader, config.key_format, tmp, first_shard_id, skip)
-    summary = Summary(output_folder=folder.url)
-    wandb = WandbLogger(config.run.wandb_project, config) if config.run.enable_wandb else None
-    distributor = start_distributor(config.run)
+    try:
+        sharder = Sharder(reader, config.key_format, tmp, first_shard_id, skip)
+        summary = Summary(output_folder=folder.url)
+        wandb = WandbLogger(config.run.wandb_project, config) if config.run.enable_wandb else None
+        distributor = start_distributor(config.run)
+    except BaseException:
+        if created:  # a failed start leaves no folder behind
+            folder.remove_all()
+        raise
     bar = Progress(summary, config.run.progress, live=distributor.reports_progress)
+    sharder.on_total = bar.set_total
 
     def shard_done(stats: ShardStats) -> None:
         bar.shard_done(stats)
@@ -71,6 +72,10 @@ def run(config: Config) -> Summary:
         failed = run_shards(
             distributor, ShardWorker(config), sharder, config.run.max_shard_retry, shard_done, bar.samples_done
         )
+    except KeyboardInterrupt:  # finished shards are kept: the same command finishes the job
+        summary.duration = time.monotonic() - start
+        summary.shards_skipped = sharder.skipped
+        raise Interrupted(summary) from None
     finally:
         bar.close()
         distributor.close()
@@ -79,8 +84,40 @@ def run(config: Config) -> Summary:
     summary.shards_skipped = sharder.skipped
     summary.failed_shards = sorted(shard.shard_id for shard in failed)
     if summary.shards_done == 0 and not summary.failed_shards and not summary.shards_skipped:
-        logger.info("no url found in %s: 0 shards, nothing to download", config.read.url_list)
+        logger.warning("no url found in %s: 0 shards, nothing to download", config.read.url_list)
     logger.info(summary.line())
+    log_failures(summary, rows_kept=".parquet" in config.write.writer.suffixes)
     if wandb is not None:
         wandb.finish(summary)
     return summary
+
+
+def prepare_output(config: Config, reader: UrlListReader) -> tuple[int, frozenset[int]]:
+    """Check the output folder against this run and make it ready (the run record is the first thing
+    written: it also proves the folder writable). Returns the first shard id and the shards to skip."""
+    folder, mode = config.write.output_folder, config.run.incremental_mode
+    if mode is IncrementalMode.OVERWRITE:
+        inputs = (
+            ("url_list", Folder(config.read.url_list, config.read.storage_options)),
+            ("tmp_folder", config.run.tmp_folder),
+        )
+        for option, inner in inputs:
+            if inner is not None and folder.contains(inner):
+                raise ConfigError(
+                    f"{option} {inner.url} lies inside output_folder {folder.url}, which "
+                    "incremental_mode='overwrite' empties: move it out, or choose another output_folder"
+                )
+    names = folder.names()
+    record = provenance.make_record(config, reader)
+    provenance.check(folder, record, mode, has_shards=highest_shard_id(names) is not None)
+    first_shard_id, skip = 0, frozenset()
+    if mode is IncrementalMode.OVERWRITE:  # only what is ours: anything else in the folder stays
+        folder.remove(sorted((name for name in names if is_ours(name)), key=lambda n: not n.endswith(STATS_SUFFIX)))
+    elif mode is IncrementalMode.EXTEND:
+        highest = highest_shard_id(names)
+        first_shard_id = 0 if highest is None else highest + 1
+    else:
+        skip = frozenset(finished_shards(names))
+    folder.makedirs()
+    provenance.write(folder, record)
+    return first_shard_id, skip

@@ -1,7 +1,8 @@
 """The one place that names things: shard names, sample keys, and every file and folder of a run.
 
 Output folder entries: `NNNNN` + a writer's suffix (`.tar`, `.parquet`, `.tfrecord`, the `NNNNN/`
-folder), `NNNNN_stats.json` (the completion marker), and `_tmp/` (shard inputs waiting for workers).
+folder), `NNNNN_stats.json` (the completion marker), `_tmp/` (shard inputs waiting for workers) and
+`_img2dataset_ng_run.json` (what made the folder). Nothing else in it is ours.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 STATS_SUFFIX = "_stats.json"
 TMP_FOLDER_NAME = "_tmp"
+RUN_RECORD = "_img2dataset_ng_run.json"  # what made the folder; `_` keeps Spark and globs of shards off it
 INPUT_SHARD_SUFFIX = ".feather"
 _SHARD_ENTRY = re.compile(r"^(\d+)(?:\.|_stats\.json$|$)")
 
@@ -65,6 +67,11 @@ def shard_id_of(name: str) -> int | None:
     """The shard id of an output folder entry (`00042.tar`, `00042_stats.json`, `00042/`), else None."""
     match = _SHARD_ENTRY.match(name)
     return int(match.group(1)) if match else None
+
+
+def is_ours(name: str) -> bool:
+    """Whether an output folder entry is of our layout (what overwrite may delete)."""
+    return shard_id_of(name) is not None or name in (TMP_FOLDER_NAME, RUN_RECORD)
 
 
 def finished_shards(names: Iterable[str]) -> set[int]:

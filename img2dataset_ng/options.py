@@ -265,8 +265,8 @@ OPTIONS: tuple[Option, ...] = (
         "disallowed_header_directives",
         list,
         None,
-        "X-Robots-Tag directives that refuse an image; '[]' turns it off "
-        "(default: noai, noimageai, noindex, noimageindex)",
+        "X-Robots-Tag directives that refuse an image; None means noai, noimageai, noindex, noimageindex; "
+        "'[]' turns the check off",
         directives,
         True,
     ),
@@ -298,11 +298,11 @@ OPTIONS: tuple[Option, ...] = (
         "tmp_folder",
         str,
         None,
-        "where shard inputs wait for workers; all workers must read it (default: OUTPUT/_tmp)",
+        "where shard inputs wait for workers; all workers must read it; None means OUTPUT_FOLDER/_tmp",
         optional(text),
         True,
     ),
-    Option("progress", bool, None, "show the progress bar (default: on a terminal)", optional(boolean), True),
+    Option("progress", bool, None, "show the progress bar; None shows it only on a terminal", optional(boolean), True),
     Option(
         "stages",
         list,

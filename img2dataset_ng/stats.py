@@ -126,6 +126,12 @@ class Summary:
     def success_rate(self) -> float:
         return self.counts.success_rate
 
+    def top_failures(self, limit: int | None = None) -> list[tuple[str, int]]:
+        """The failure reasons of `status_dict` with their counts, the most frequent first (ties by reason),
+        `limit` of them: what a user looks at first when a run fails more than expected."""
+        failures = [(reason, n) for reason, n in self.status_dict.items() if reason != SUCCESS_REASON]
+        return sorted(failures, key=lambda failure: (-failure[1], failure[0]))[:limit]
+
     @property
     def samples_per_second(self) -> float:
         return self.count / self.duration if self.duration else 0.0

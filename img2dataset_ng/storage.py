@@ -7,12 +7,22 @@ A `Folder` pickles as its url and options, so workers rebuild the filesystem on 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any
 
 import fsspec
 
+from .errors import ConfigError, InputError, StorageError
+
 _PROTOCOLS = set(fsspec.available_protocols()) | {"file", "local"}
+# what to install for a filesystem whose package is missing (others: fsspec's own message)
+INSTALL_HINTS = {
+    "s3": "img2dataset-ng[s3]",
+    "s3a": "img2dataset-ng[s3]",
+    "gcs": "gcsfs",
+    "gs": "gcsfs",
+}
 
 
 def filesystem(url: str, storage_options: Mapping[str, Any] = ()) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -22,9 +32,30 @@ def filesystem(url: str, storage_options: Mapping[str, Any] = ()) -> tuple[fsspe
     protocol (`{"s3": {...}, "gcs": {...}}`) when a run reads from one store and writes to another.
     """
     options = dict(storage_options)
+    protocol = fsspec.utils.get_protocol(url)
     if options and all(isinstance(v, dict) for v in options.values()) and set(options) <= _PROTOCOLS:
-        options = options.get(fsspec.utils.get_protocol(url), {})
-    return fsspec.core.url_to_fs(url, **options)
+        options = options.get(protocol, {})
+    try:
+        return fsspec.core.url_to_fs(url, **options)
+    except ImportError as error:
+        hint = f"pip install '{INSTALL_HINTS[protocol]}'" if protocol in INSTALL_HINTS else str(error)
+        raise StorageError(f"{url}: {protocol}:// needs a package that is not installed: {hint}") from None
+
+
+@contextlib.contextmanager
+def accessing(url: str, doing: str) -> Iterator[None]:
+    """Turn a failure to reach `url` (missing credentials, no endpoint, no permission, a file where a
+    folder should be) into one StorageError line that names the url, the cause and what to check."""
+    try:
+        yield
+    except (ConfigError, InputError, StorageError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever the filesystem raises, the user gets one line
+        cause = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise StorageError(
+            f"cannot {doing} {url}: {type(error).__name__}{': ' + cause if cause else ''} "
+            "(check the path, its permissions, and the credentials or storage_options of its filesystem)"
+        ) from error
 
 
 class Folder:
@@ -79,6 +110,12 @@ class Folder:
     def exists(self) -> bool:
         return self.fs.exists(self.root)
 
+    def contains(self, other: Folder) -> bool:
+        """Whether `other` is this folder or lies inside it (on the same filesystem)."""
+        if type(self.fs) is not type(other.fs):
+            return False
+        return other.root == self.root or other.root.startswith(self.root.rstrip("/") + "/")
+
     def names(self) -> list[str]:
         """Base names of the entries directly in the folder ([] when it does not exist)."""
         fs, root = self._resolve()
@@ -99,7 +136,3 @@ class Folder:
         """Delete the folder with everything in it, if it exists."""
         if self.exists():
             self.fs.rm(self.root, recursive=True)
-
-    def empty(self) -> None:
-        self.remove_all()
-        self.makedirs()

@@ -89,7 +89,8 @@ def test_progress_bar_shows_shards_samples_rate_and_success(tmp_path, server, ca
     )
     err = capsys.readouterr().err
     final = err.replace("\r", "\n").strip().splitlines()[-1]
-    assert "6 samples" in final and "samples/s" in final and "shards=3" in final and "success=50.0%" in final
+    assert "100%" in final and "6/6" in final and "samples/s" in final and "shards=3/3" in final
+    assert "success=50.0%" in final
     assert summary.line().startswith("3 shard(s) done: 6 samples, 3 successes (50.0%), 3 failed to download")
     assert read_metadata(tmp_path / "out").num_rows == 6
 

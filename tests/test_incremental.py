@@ -61,12 +61,13 @@ def test_incremental_skips_done_shards_and_redoes_unfinished_ones(tmp_path, serv
     assert outcome(out) == reference
 
 
-def test_overwrite_empties_the_folder_first(tmp_path, server):
+def test_overwrite_removes_every_shard_and_keeps_what_is_not_ours(tmp_path, server):
     urls = url_list(tmp_path, server, 6)
     out = tmp_path / "out"
     download(str(urls), **options(out))
-    (out / "junk.txt").write_text("left by someone")
+    (out / "notes.txt").write_text("left by someone")
     (out / "00042_stats.json").write_text("{}")
+    (out / "00043.tar").write_bytes(b"a shard of an older run")
     summary = download(str(urls), **options(out, incremental_mode="overwrite"))
     assert summary.shards_done == 2
     assert sorted(p.name for p in out.iterdir()) == [
@@ -76,7 +77,10 @@ def test_overwrite_empties_the_folder_first(tmp_path, server):
         "00001.parquet",
         "00001.tar",
         "00001_stats.json",
+        "_img2dataset_ng_run.json",
+        "notes.txt",
     ]
+    assert (out / "notes.txt").read_text() == "left by someone"
 
 
 def test_extend_appends_after_the_highest_shard(tmp_path, server):
@@ -134,3 +138,34 @@ def test_sigkill_halfway_then_same_command_gives_the_uninterrupted_output(tmp_pa
     subprocess.run(cli(urls, killed), check=True, capture_output=True, timeout=300)
     assert outcome(killed) == outcome(reference)
     assert len(outcome(reference)["rows"]) == 48
+
+
+def test_ctrl_c_prints_one_line_exits_130_and_the_same_command_finishes(tmp_path, server):
+    """SIGINT to the CLI's process group, as Ctrl-C in a terminal sends it."""
+    urls = url_list(tmp_path, server, 48, delay=0.25)
+    reference = tmp_path / "reference"
+    subprocess.run(cli(urls, reference), check=True, capture_output=True, timeout=300)
+
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen(
+        cli(urls, stopped), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while len(list(stopped.glob("*_stats.json"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("img2dataset-ng: interrupted: ") and "run the same command again to finish" in last
+    assert [line for line in err.splitlines() if "interrupted" in line] == [last]
+    done = len(list(stopped.glob("*_stats.json")))
+    assert 3 <= done < 12, "the interrupt did not land halfway"
+    assert not (stopped / "_tmp").exists()
+
+    again = subprocess.run(cli(urls, stopped), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert outcome(stopped) == outcome(reference)
+    for path in reference.glob("*.tar"):  # and byte for byte
+        assert (stopped / path.name).read_bytes() == path.read_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import traceback
 from collections.abc import Iterable, Iterator
 from multiprocessing.connection import Connection
@@ -20,6 +21,18 @@ class WorkerDied(RuntimeError):
     """The process running a shard exited before returning its result (killed, out of memory)."""
 
 
+def died_message(exitcode: int | None) -> str:
+    message = f"worker process died with exit code {exitcode}"
+    if exitcode == 1:  # Python's own exit on an error before the worker loop: usually the script itself
+        message += (
+            " (its error is printed above; a script that calls download() with the multiprocessing "
+            'distributor must do so under `if __name__ == "__main__":`)'
+        )
+    elif exitcode is not None and exitcode < 0:
+        message += f" (killed by signal {-exitcode}; out of memory?)"
+    return message
+
+
 class ShardError(RuntimeError):
     """A shard raised in a worker process; the message carries the worker's traceback."""
 
@@ -28,7 +41,12 @@ PROGRESS, DONE = "progress", "done"
 
 
 def _worker_loop(conn: Connection) -> None:
-    """Runs in each worker process: receive (fn, shard); send progress messages, then the outcome."""
+    """Runs in each worker process: receive (fn, shard); send progress messages, then the outcome.
+
+    Ctrl-C reaches every process of the terminal's group: the parent alone handles it (and ends
+    the workers), so the workers ignore it rather than each printing a traceback.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
         try:
             task = conn.recv()
@@ -111,7 +129,7 @@ class MultiprocessingDistributor:
                         shard = busy.pop(worker)
                         worker.process.join()
                         worker.conn.close()
-                        yield shard, WorkerDied(f"worker process died with exit code {worker.process.exitcode}")
+                        yield shard, WorkerDied(died_message(worker.process.exitcode))
                         continue
                     if message[0] == PROGRESS:
                         if on_progress is not None:

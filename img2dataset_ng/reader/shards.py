@@ -6,13 +6,15 @@ full. A shard is described by a tiny picklable `Shard` (its id and that file's f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.feather as feather
+import pyarrow.parquet as pq
 
 from ..naming import KeyFormat, input_shard_file
+from ..options import InputFormat
 from ..storage import Folder
 from .formats import UrlListReader
 
@@ -52,8 +54,24 @@ class Sharder:
         self.first_shard_id = first_shard_id
         self.skip = skip
         self.skipped = 0
+        # told (shards, rows) to do, skipped shards left out, as soon as known: from the parquet footers
+        # before any row is read, otherwise counted, when the last shard is handed out
+        self.on_total: Callable[[int, int], None] | None = None
 
     def __iter__(self) -> Iterator[Shard]:
+        self._announce(self._footer_total())
+        shards = rows = 0
+        ahead: Shard | None = None  # handed out once the next one is read, so the last one comes with the total
+        for shard in self._shards():
+            shards, rows = shards + 1, rows + shard.row_count
+            if ahead is not None:
+                yield ahead
+            ahead = shard
+        self._announce((shards, rows))
+        if ahead is not None:
+            yield ahead
+
+    def _shards(self) -> Iterator[Shard]:
         shard_id = self.first_shard_id
         for path in self.reader.files:
             for rows in self._shard_tables(path):
@@ -62,6 +80,27 @@ class Sharder:
                 else:
                     yield self._write(shard_id, rows)
                 shard_id += 1
+
+    def _announce(self, total: tuple[int, int] | None) -> None:
+        if total is not None and self.on_total is not None:
+            self.on_total(*total)
+
+    def _footer_total(self) -> tuple[int, int] | None:
+        """(shards, rows) to do from the parquet footers (cheap: no row read); None for other formats."""
+        if self.reader.config.input_format is not InputFormat.PARQUET:
+            return None
+        size, shard_id, shards, rows = self.key_format.number_sample_per_shard, self.first_shard_id, 0, 0
+        try:
+            for path in self.reader.files:
+                with self.reader.fs.open(path, "rb") as f:
+                    file_rows = pq.ParquetFile(f, pre_buffer=False).metadata.num_rows
+                for start in range(0, file_rows, size):  # each file starts a new shard, as in `_shards`
+                    if shard_id not in self.skip:
+                        shards, rows = shards + 1, rows + min(size, file_rows - start)
+                    shard_id += 1
+        except (pa.ArrowInvalid, OSError):  # the reader reports what is wrong with the file; count instead
+            return None
+        return shards, rows
 
     def _shard_tables(self, path: str) -> Iterator[pa.Table]:
         size = self.key_format.number_sample_per_shard

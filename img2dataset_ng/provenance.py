@@ -1,0 +1,134 @@
+"""What made an output folder: the options that shape its shards and a fingerprint of the url list.
+
+Written to `_img2dataset_ng_run.json` when a run starts. A later run into the same folder must
+match it, or it would skip shards made differently as "already done" (incremental) or append
+shards of another shape (extend); it is refused with a message that says what differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from enum import Enum
+from typing import Any
+
+from .config import Config
+from .errors import ConfigError
+from .naming import RUN_RECORD
+from .options import IncrementalMode
+from .reader import UrlListReader
+from .storage import Folder
+from .version import __version__
+
+logger = logging.getLogger(__name__)
+# the options that decide what a shard holds and how it is named; network and scheduling options
+# (timeout, retries, thread_count, distributor, ...) may change between runs
+OUTPUT_OPTIONS = (
+    "image_size",
+    "resize_mode",
+    "resize_only_if_bigger",
+    "upscale_interpolation",
+    "downscale_interpolation",
+    "encode_quality",
+    "encode_format",
+    "skip_reencode",
+    "disable_all_reencoding",
+    "min_image_size",
+    "max_image_area",
+    "max_aspect_ratio",
+    "output_format",
+    "input_format",
+    "url_col",
+    "caption_col",
+    "bbox_col",
+    "save_additional_columns",
+    "number_sample_per_shard",
+    "oom_shard_count",
+    "extract_exif",
+    "compute_hash",
+    "verify_hash",
+    "stages",
+)
+HEAD_BYTES = 65536  # of the first input file, hashed: a cheap check that it is the same list
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, float) and value == float("inf"):
+        return "inf"
+    if callable(value):
+        return f"{value.__module__}:{value.__qualname__}"
+    return value
+
+
+def output_options(config: Config) -> dict[str, Any]:
+    fields = {
+        f.name: getattr(section, f.name)
+        for section in (config.read, config.resize, config.metadata, config.write)
+        for f in dataclasses.fields(section)
+    }
+    fields["verify_hash"] = (
+        None if fields["verify_hash_col"] is None else [fields["verify_hash_col"], fields["verify_hash_type"]]
+    )
+    fields["stages"] = config.stages
+    return {name: _plain(fields[name]) for name in OUTPUT_OPTIONS}
+
+
+def url_list_fingerprint(config: Config, reader: UrlListReader) -> dict[str, Any]:
+    """The input files (names relative to url_list, sizes) and a hash of the first one's head."""
+    root = Folder(config.read.url_list, config.read.storage_options).root
+    files = [[path[len(root) :].lstrip("/") or path.rsplit("/", 1)[-1], reader.fs.size(path)] for path in reader.files]
+    head = b""
+    if reader.files:
+        with reader.fs.open(reader.files[0], "rb") as f:
+            head = f.read(HEAD_BYTES)
+    return {"files": files, "head_sha256": hashlib.sha256(head).hexdigest()}
+
+
+def make_record(config: Config, reader: UrlListReader) -> dict[str, Any]:
+    return {
+        "made_by": f"img2dataset-ng {__version__}",
+        "options": output_options(config),
+        "url_list": url_list_fingerprint(config, reader),
+    }
+
+
+def check(folder: Folder, record: dict[str, Any], mode: IncrementalMode, has_shards: bool) -> None:
+    """Refuse a run whose record differs from the folder's (overwrite replaces it: not checked)."""
+    if mode is IncrementalMode.OVERWRITE or not folder.exists() or RUN_RECORD not in folder.names():
+        if has_shards and mode is not IncrementalMode.OVERWRITE:
+            logger.warning("%s holds shards but no %s: assuming they were made like this run", folder.url, RUN_RECORD)
+        return
+    with folder.open(RUN_RECORD) as f:
+        earlier = json.load(f)
+    differences = [
+        f"{name} was {earlier['options'].get(name)!r}, now {value!r}"
+        for name, value in record["options"].items()
+        if earlier.get("options", {}).get(name) != value
+    ]
+    if differences:
+        raise ConfigError(
+            f"output_folder {folder.url} holds shards made with other options: {'; '.join(differences)}. "
+            "Use incremental_mode='overwrite' to replace them, or another output_folder"
+        )
+    if mode is IncrementalMode.INCREMENTAL and earlier.get("url_list") != record["url_list"]:
+        raise ConfigError(
+            f"output_folder {folder.url} holds shards made from another url list (its files, sizes or "
+            "content differ). Use incremental_mode='extend' to add this list's shards after them, "
+            "incremental_mode='overwrite' to replace them, or another output_folder"
+        )
+
+
+def write(folder: Folder, record: dict[str, Any]) -> None:
+    """Record what made the folder; a run that changes nothing leaves the file (and folder) untouched."""
+    data = json.dumps(record, indent=2).encode("utf-8")
+    if RUN_RECORD in folder.names():
+        with folder.open(RUN_RECORD) as f:
+            if f.read() == data:
+                return
+    folder.write(RUN_RECORD, data)
