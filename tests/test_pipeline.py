@@ -89,7 +89,8 @@ def check_output(rows, output: Path, output_format: str, with_caption: bool, enc
         "tfrecord": lambda n: [f"{n}.tfrecord", f"{n}.parquet"],
         "dummy": lambda n: [],
     }[output_format]
-    expected_files = sorted(f for n in names for f in [*per_format(n), f"{n}_stats.json"])
+    run_record = "_img2dataset_ng_run.json"  # what made the folder
+    expected_files = sorted([run_record, *(f for n in names for f in [*per_format(n), f"{n}_stats.json"])])
     assert sorted(p.name for p in output.iterdir()) == expected_files
 
     stats = read_stats(output)
@@ -186,7 +187,12 @@ def test_key_width_for_shard_sizes(tmp_path, server, per_shard, width):
     )
     keys = read_metadata(tmp_path / "out").column("key").to_pylist()
     assert sorted(keys) == [str(i).zfill(width) for i in range(len(rows))]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00000.parquet", "00000.tar", "00000_stats.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "00000.parquet",
+        "00000.tar",
+        "00000_stats.json",
+        "_img2dataset_ng_run.json",
+    ]
 
 
 def test_each_file_of_a_folder_starts_a_new_shard(tmp_path, server):

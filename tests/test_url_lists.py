@@ -35,7 +35,8 @@ def test_txt_takes_each_line_as_one_url_and_skips_blank_lines(tmp_path):
     path.write_text('http://a/x.jpg?a=1,2&b="3"\n\n   \nhttp://b/y.jpg, with, commas\r\nhttp://c/z.jpg')
     ((shard_id, table),) = shards_of(path, tmp_path)
     assert shard_id == 0
-    assert table.column_names == ["url"]
+    assert table.column_names == ["url", "__input_error"]
+    assert table.column("__input_error").null_count == table.num_rows
     assert table.column("url").to_pylist() == [
         'http://a/x.jpg?a=1,2&b="3"',
         "http://b/y.jpg, with, commas",
@@ -59,7 +60,8 @@ def test_columns_are_selected_renamed_and_ordered(tmp_path, fmt):
     assert [s for s, _ in shards] == [0, 1, 2]
     assert [t.num_rows for _, t in shards] == [10, 10, 5]
     table = pa.concat_tables(t for _, t in shards)
-    assert table.column_names == ["b", "a", "caption", "url"]
+    # text formats always carry why a row could not be read (null here), so batches concatenate
+    assert table.column_names == ["b", "a", "caption", "url"] + ([] if fmt == "parquet" else ["__input_error"])
     assert table.column("url").to_pylist() == [r["link"] for r in rows]
     assert table.column("caption").to_pylist() == [r["text"] for r in rows]
     assert [str(v) for v in table.column("b").to_pylist()] == [str(r["b"]) for r in rows]
@@ -99,7 +101,7 @@ def test_empty_list_finishes_cleanly_with_zero_shards(tmp_path, fmt, caplog):
     summary = download(str(path), input_format=fmt, output_folder=str(tmp_path / "out"))
     assert summary.shards_done == 0 and summary.count == 0
     assert "0 shards, nothing to download" in caplog.text
-    assert list((tmp_path / "out").iterdir()) == []
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["_img2dataset_ng_run.json"]  # and no shard
 
 
 def test_json_array_is_decoded_incrementally():

@@ -3,8 +3,8 @@
 A stage is built once per shard in the worker, called for each sample from many threads at once
 (so it must be thread-safe), and closed when the shard ends; it is also built once in the driver,
 to check its columns before any work, so its `__init__` should be cheap (load models on first
-use). It reads and fills the `Sample`; to fail it, it raises `StageError`. Later stages skip a
-failed sample unless they set `after_failure`. Stages that need batches (a model) subclass `BatchStage`: each sample is
+use). It reads and fills the `Sample`; to fail it, it raises `StageError`; the stages after it
+then skip the sample. Stages that need batches (a model) subclass `BatchStage`: each sample is
 prepared on its own thread, then the prepared samples are processed together.
 """
 
@@ -25,7 +25,6 @@ class Stage(ABC):
     # what a StageError raised here marks the sample as; img2dataset's statuses are
     # failed_to_download and failed_to_resize, which counts every failure after the download
     failure: ClassVar[Status] = Status.FAILED_TO_RESIZE
-    after_failure: ClassVar[bool] = False  # also called for samples that an earlier stage failed
 
     def columns(self) -> list[pa.Field]:
         """The metadata columns this stage fills in `sample.fields` (None where it did not run)."""
@@ -46,8 +45,8 @@ def columns_of(stages: Iterable[Stage]) -> list[pa.Field]:
 def run_stages(stages: Iterable[Stage], sample: Sample) -> Sample:
     """Take one sample through the stages; a StageError fails it with the stage's status."""
     for stage in stages:
-        if not sample.ok and not stage.after_failure:
-            continue
+        if not sample.ok:
+            break
         try:
             stage(sample)
         except StageError as error:

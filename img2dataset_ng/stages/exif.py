@@ -17,8 +17,8 @@ COLUMN = pa.field("exif", pa.string())
 EXIF_MARKERS = {EncodeFormat.JPG: b"Exif\0\0", EncodeFormat.PNG: b"eXIf", EncodeFormat.WEBP: b"EXIF"}
 
 
-def read_exif(data: bytes) -> str:
-    """EXIF tags as a JSON string (`{}` when there are none or they cannot be read)."""
+def read_exif(data: bytes) -> str | None:
+    """EXIF tags as a JSON string: `{}` when there are none, None when they cannot be read (as 1.47)."""
     image_format = sniff_format(data)
     # a JPEG's EXIF block comes before its first scan: no need to look through the whole image
     end = data.find(b"\xff\xda") if image_format is EncodeFormat.JPG else -1
@@ -28,7 +28,7 @@ def read_exif(data: bytes) -> str:
         tags = exifread.process_file(io.BytesIO(data), details=False)
         return json.dumps({k: str(v).strip() for k, v in tags.items() if v is not None})
     except Exception:  # noqa: BLE001 - unreadable EXIF is not an error of the sample
-        return "{}"
+        return None
 
 
 class Exif(Stage):

@@ -31,13 +31,8 @@ class VerifyHash(Stage):
 
 
 class ComputeHash(Stage):
-    """The hash of the downloaded bytes in a column named after the hash type (`sha256`).
-
-    Recorded for every sample whose download was accepted, also when a later stage failed it
-    (img2dataset keeps the hash of images it could not resize).
-    """
-
-    after_failure = True
+    """The hash of the downloaded bytes in a column named after the hash type (`sha256`); null on
+    failed rows, as img2dataset 1.47 writes them."""
 
     def __init__(self, hash_type: HashType):
         self.hash_type = hash_type
@@ -46,5 +41,4 @@ class ComputeHash(Stage):
         return [HASH_COLUMNS[self.hash_type]]
 
     def __call__(self, sample: Sample) -> None:
-        if sample.source is not None and sample.status is not Status.FAILED_TO_DOWNLOAD:
-            sample.fields[self.hash_type.value] = digest(self.hash_type, sample.source)
+        sample.fields[self.hash_type.value] = digest(self.hash_type, sample.source)
