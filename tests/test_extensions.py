@@ -132,6 +132,7 @@ def test_a_registered_stage_and_writer_run_in_a_download(tmp_path, server):
         "00001_stats.json",
         "00002.jsonl",
         "00002_stats.json",
+        "_img2dataset_ng_run.json",
     ]
     rows = read_jsonl(out)
     assert len(rows) == 13 and summary.count == 13

@@ -303,7 +303,8 @@ def test_pipeline_output_read_back_with_the_tfrecord_package(pipeline):
     rows, output, reference = pipeline
     shard_names = [f"{s:05d}" for s in range(-(-len(rows) // PER_SHARD))]
     assert sorted(p.name for p in output.iterdir()) == sorted(
-        f"{n}{suffix}" for n in shard_names for suffix in (".parquet", ".tfrecord", "_stats.json")
+        ["_img2dataset_ng_run.json"]
+        + [f"{n}{suffix}" for n in shard_names for suffix in (".parquet", ".tfrecord", "_stats.json")]
     )
     table = read_metadata(output)
     assert table.column_names == ["extra", "caption", *BASE_COLUMNS, "exif", "sha256"]
