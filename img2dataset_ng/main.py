@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -47,17 +48,19 @@ def run(config: Config) -> Summary:
     folder = config.write.output_folder
     with accessing(folder.url, "use output_folder"):
         created = not folder.exists()
-        first_shard_id, skip = prepare_output(config, reader)
     tmp = config.run.tmp_folder
     tmp = folder.child(TMP_FOLDER_NAME) if tmp is None else tmp.child(tmp_folder_name(folder.url))
     try:
+        with accessing(folder.url, "use output_folder"):
+            first_shard_id, skip = prepare_output(config, reader)
         sharder = Sharder(reader, config.key_format, tmp, first_shard_id, skip)
         summary = Summary(output_folder=folder.url)
         wandb = WandbLogger(config.run.wandb_project, config) if config.run.enable_wandb else None
         distributor = start_distributor(config.run)
     except BaseException:
         if created:  # a failed start leaves no folder behind
-            folder.remove_all()
+            with contextlib.suppress(Exception):  # the error being raised says more than this one would
+                folder.remove_all()
         raise
     bar = Progress(summary, config.run.progress, live=distributor.reports_progress)
     sharder.on_total = bar.set_total
@@ -93,8 +96,9 @@ def run(config: Config) -> Summary:
 
 
 def prepare_output(config: Config, reader: UrlListReader) -> tuple[int, frozenset[int]]:
-    """Check the output folder against this run and make it ready (the run record is the first thing
-    written: it also proves the folder writable). Returns the first shard id and the shards to skip."""
+    """Check the output folder against this run and make it ready; write the run record when it
+    changed (a new folder is written to before any work, so a folder that cannot be written to fails
+    here). Returns the first shard id and the shards to skip."""
     folder, mode = config.write.output_folder, config.run.incremental_mode
     if mode is IncrementalMode.OVERWRITE:
         inputs = (
