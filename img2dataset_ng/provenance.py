@@ -99,17 +99,20 @@ def make_record(config: Config, reader: UrlListReader) -> dict[str, Any]:
 
 
 def check(folder: Folder, record: dict[str, Any], mode: IncrementalMode, has_shards: bool) -> None:
-    """Refuse a run whose record differs from the folder's (overwrite replaces it: not checked)."""
-    if mode is IncrementalMode.OVERWRITE or not folder.exists() or RUN_RECORD not in folder.names():
-        if has_shards and mode is not IncrementalMode.OVERWRITE:
-            logger.warning("%s holds shards but no %s: assuming they were made like this run", folder.url, RUN_RECORD)
+    """Refuse a run whose record differs from that of the shards in the folder (overwrite replaces
+    them, and a folder without shards has nothing to protect: neither is checked)."""
+    if mode is IncrementalMode.OVERWRITE or not has_shards:
+        return
+    if RUN_RECORD not in folder.names():
+        logger.warning("%s holds shards but no %s: assuming they were made like this run", folder.url, RUN_RECORD)
         return
     with folder.open(RUN_RECORD) as f:
         earlier = json.load(f)
+    before = earlier.get("options", {})
     differences = [
-        f"{name} was {earlier['options'].get(name)!r}, now {value!r}"
+        f"{name} was {before.get(name)!r}, now {value!r}"
         for name, value in record["options"].items()
-        if earlier.get("options", {}).get(name) != value
+        if before.get(name) != value
     ]
     if differences:
         raise ConfigError(

@@ -142,10 +142,13 @@ def test_help_gives_one_default_per_option():
     assert [b.split()[0] for b in blocks if b.count("(default:") != 1] == []
 
 
-def test_an_empty_url_list_warns(tmp_path):
-    (tmp_path / "urls.txt").write_text("\n")
-    result = cli(str(tmp_path / "urls.txt"), "--output_folder", str(tmp_path / "out"))
+def test_an_empty_url_list_warns_and_does_not_hold_the_folder(tmp_path, server):
+    (tmp_path / "empty.txt").write_text("\n")
+    result = cli(str(tmp_path / "empty.txt"), "--output_folder", str(tmp_path / "out"))
     assert result.returncode == 0 and "WARNING" in result.stderr and "no url found" in result.stderr
+    # nothing was made there: another url list may use the folder
+    assert cli(str(urls(tmp_path, server)), "--output_folder", str(tmp_path / "out")).returncode == 0
+    assert read_metadata(tmp_path / "out").num_rows == 3
 
 
 def test_the_readme_snippet_runs_as_a_script(tmp_path, server):
