@@ -31,6 +31,7 @@ import functools
 import io
 import ssl
 import struct
+import sys
 import threading
 import time
 import urllib.parse
@@ -251,6 +252,12 @@ class Server(ThreadingHTTPServer):
         with self.lock:
             self.connections += 1
         super().process_request(request, client_address)
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up (our fetcher cutting a late request, a pool closing) is routine here;
+        anything else is printed as socketserver does."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 class ImageServer:
