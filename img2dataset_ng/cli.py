@@ -22,19 +22,17 @@ from typing import Any
 
 from .errors import ConfigError, InputError, Interrupted, StorageError
 from .main import download
-from .options import BY_NAME, FALSE, OPTIONS, REQUIRED, TRUE, Option
+from .options import BY_NAME, FALSE, OPTIONS, REQUIRED, TRUE, Option, boolean
 from .version import __version__
 
 DONE, SHARDS_FAILED, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
 
 
 def parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in TRUE:
-        return True
-    if lowered in FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+    try:
+        return boolean("", text)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}") from None
 
 
 def parse_literal(text: str) -> Any:

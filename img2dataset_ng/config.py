@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
 from typing import Any
 
 from .errors import ConfigError
@@ -180,3 +181,21 @@ def _encode_quality(quality: int, encode_format: EncodeFormat) -> int:
     if quality > 100:
         raise ConfigError(f"encode_quality must be 0-100 for {encode_format.value} (0-9 for png); got {quality!r}")
     return quality
+
+
+def plain(value: Any, leave_out: tuple[str, ...] = ()) -> Any:
+    """A configuration value as JSON-able data: sections as dicts (fields named in `leave_out` left
+    out), enums as their values, folders as urls, classes and functions as `module:name`."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name), leave_out) for f in fields(value) if f.name not in leave_out}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Folder):
+        return value.url
+    if isinstance(value, (list, tuple)):
+        return [plain(item, leave_out) for item in value]
+    if isinstance(value, float) and value == float("inf"):
+        return "inf"
+    if callable(value):
+        return f"{value.__module__}:{value.__qualname__}"
+    return value

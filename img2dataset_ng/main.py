@@ -112,16 +112,17 @@ def prepare_output(config: Config, reader: UrlListReader) -> tuple[int, frozense
                     "incremental_mode='overwrite' empties: move it out, or choose another output_folder"
                 )
     names = folder.names()
-    record = provenance.make_record(config, reader)
-    provenance.check(folder, record, mode, has_shards=highest_shard_id(names) is not None)
+    record, earlier = provenance.make_record(config, reader), provenance.read(folder, names)
+    provenance.check(folder, earlier, record, mode, has_shards=highest_shard_id(names) is not None)
     first_shard_id, skip = 0, frozenset()
     if mode is IncrementalMode.OVERWRITE:  # only what is ours: anything else in the folder stays
         folder.remove(sorted((name for name in names if is_ours(name)), key=lambda n: not n.endswith(STATS_SUFFIX)))
+        earlier = None  # the record went with the rest
     elif mode is IncrementalMode.EXTEND:
         highest = highest_shard_id(names)
         first_shard_id = 0 if highest is None else highest + 1
     else:
         skip = frozenset(finished_shards(names))
     folder.makedirs()
-    provenance.write(folder, record)
+    provenance.write(folder, record, earlier)
     return first_shard_id, skip

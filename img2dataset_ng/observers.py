@@ -10,20 +10,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import logging
 import sys
 import threading
 import time
-from enum import Enum
 from typing import Any
 
 from tqdm import tqdm
 
+from .config import plain
 from .errors import ConfigError
 from .stats import ShardStats, Summary
-from .storage import Folder
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +183,7 @@ class WandbLogger:
         import wandb
 
         self.wandb = wandb
-        self.run = wandb.init(project=project, config=loggable(config), job_type="download")
+        self.run = wandb.init(project=project, config=plain(config, leave_out=SECRET_FIELDS), job_type="download")
 
     def log(self, summary: Summary, elapsed: float) -> None:
         """Called as shards finish, with the run's `Summary` so far and the seconds since the first shard."""
@@ -206,23 +204,3 @@ class WandbLogger:
         self.run.log({"errors": self.wandb.Table(columns=["reason", "count"], data=[list(e) for e in errors])})
         self.run.summary.update({"failed_shards": len(summary.failed_shards), "duration": summary.duration})
         self.run.finish()
-
-
-def loggable(value: Any) -> Any:
-    """A configuration as plain values: sections as dicts (secrets left out), enums as their values,
-    folders as urls, classes and functions as their names."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {
-            f.name: loggable(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name not in SECRET_FIELDS
-        }
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, Folder):
-        return value.url
-    if isinstance(value, (list, tuple)):
-        return [loggable(item) for item in value]
-    if callable(value):
-        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', repr(value))}"
-    if isinstance(value, float) and value == float("inf"):
-        return "inf"
-    return value

@@ -11,10 +11,9 @@ import dataclasses
 import hashlib
 import json
 import logging
-from enum import Enum
 from typing import Any
 
-from .config import Config
+from .config import Config, plain
 from .errors import ConfigError
 from .naming import RUN_RECORD
 from .options import IncrementalMode
@@ -54,18 +53,6 @@ OUTPUT_OPTIONS = (
 HEAD_BYTES = 65536  # of the first input file, hashed: a cheap check that it is the same list
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    if isinstance(value, float) and value == float("inf"):
-        return "inf"
-    if callable(value):
-        return f"{value.__module__}:{value.__qualname__}"
-    return value
-
-
 def output_options(config: Config) -> dict[str, Any]:
     fields = {
         f.name: getattr(section, f.name)
@@ -76,7 +63,7 @@ def output_options(config: Config) -> dict[str, Any]:
         None if fields["verify_hash_col"] is None else [fields["verify_hash_col"], fields["verify_hash_type"]]
     )
     fields["stages"] = config.stages
-    return {name: _plain(fields[name]) for name in OUTPUT_OPTIONS}
+    return {name: plain(fields[name]) for name in OUTPUT_OPTIONS}
 
 
 def url_list_fingerprint(config: Config, reader: UrlListReader) -> dict[str, Any]:
@@ -98,16 +85,24 @@ def make_record(config: Config, reader: UrlListReader) -> dict[str, Any]:
     }
 
 
-def check(folder: Folder, record: dict[str, Any], mode: IncrementalMode, has_shards: bool) -> None:
-    """Refuse a run whose record differs from that of the shards in the folder (overwrite replaces
-    them, and a folder without shards has nothing to protect: neither is checked)."""
+def read(folder: Folder, names: list[str]) -> dict[str, Any] | None:
+    """The folder's record, when `names` (its listing) holds one."""
+    if RUN_RECORD not in names:
+        return None
+    with folder.open(RUN_RECORD) as f:
+        return json.load(f)
+
+
+def check(
+    folder: Folder, earlier: dict[str, Any] | None, record: dict[str, Any], mode: IncrementalMode, has_shards: bool
+) -> None:
+    """Refuse a run whose record differs from `earlier`, that of the shards in the folder (overwrite
+    replaces them, and a folder without shards has nothing to protect: neither is checked)."""
     if mode is IncrementalMode.OVERWRITE or not has_shards:
         return
-    if RUN_RECORD not in folder.names():
+    if earlier is None:
         logger.warning("%s holds shards but no %s: assuming they were made like this run", folder.url, RUN_RECORD)
         return
-    with folder.open(RUN_RECORD) as f:
-        earlier = json.load(f)
     before = earlier.get("options", {})
     differences = [
         f"{name} was {before.get(name)!r}, now {value!r}"
@@ -127,11 +122,8 @@ def check(folder: Folder, record: dict[str, Any], mode: IncrementalMode, has_sha
         )
 
 
-def write(folder: Folder, record: dict[str, Any]) -> None:
-    """Record what made the folder; a run that changes nothing leaves the file (and folder) untouched."""
-    data = json.dumps(record, indent=2).encode("utf-8")
-    if RUN_RECORD in folder.names():
-        with folder.open(RUN_RECORD) as f:
-            if f.read() == data:
-                return
-    folder.write(RUN_RECORD, data)
+def write(folder: Folder, record: dict[str, Any], earlier: dict[str, Any] | None) -> None:
+    """Record what made the folder, unless `earlier` (what it holds now) says the same: a run that
+    changes nothing leaves the file (and the folder) untouched."""
+    if record != earlier:
+        folder.write(RUN_RECORD, json.dumps(record, indent=2).encode("utf-8"))

@@ -19,10 +19,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .config import Config
+from .distributors.base import Report
 from .naming import shard_file, stats_file
 from .reader import Shard
 from .sample import INPUT_ERROR, Sample, Status, metadata_schema
@@ -34,7 +35,6 @@ logger = logging.getLogger(__name__)
 REPORT_EVERY = 0.5  # seconds between progress reports of a running shard
 REORDER_BUDGET = 64 * 1024 * 1024  # bytes of finished samples that may wait for an earlier one
 M_ARENA_MAX = -8  # a mallopt parameter, from glibc's malloc.h
-Report = Callable[[int, int], None]  # (samples, successes) finished since the last report
 
 
 @functools.cache
