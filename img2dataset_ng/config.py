@@ -59,6 +59,10 @@ class FetchConfig:
     disallowed_header_directives: tuple[str, ...] = default("disallowed_header_directives")
     ignore_ssl_certificate: bool = default("ignore_ssl_certificate")
     max_download_bytes: int = default("max_download_bytes")
+    public_addresses_only: bool = default("public_addresses_only")
+    allow_https_downgrade: bool = default("allow_https_downgrade")
+    memory_budget: int | None = default("memory_budget")  # bytes per process, None: `budget.memory_budget`
+    processes_per_machine: int = 1  # worker processes of a machine, which share its memory
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class ResizeConfig:
     max_image_area: float = default("max_image_area")
     max_aspect_ratio: float = default("max_aspect_ratio")
     max_image_pixels: int = default("max_image_pixels")
+    memory_budget: int | None = default("memory_budget")
     processes_per_machine: int = 1  # worker processes that decode at once and share the memory cap
 
 
@@ -113,6 +118,7 @@ class RunConfig:
     progress: bool | None = default("progress")
     enable_wandb: bool = default("enable_wandb")
     wandb_project: str = default("wandb_project")
+    wait_for_lock: bool = default("wait_for_lock")
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,7 @@ class Config:
                 verify_hash_col=verify_hash_col,
                 storage_options=tuple(sorted(storage_options.items())),
             ),
-            fetch=_section(FetchConfig, values),
+            fetch=_section(FetchConfig, values, processes_per_machine=values["processes_count"]),
             resize=_section(
                 ResizeConfig,
                 values,

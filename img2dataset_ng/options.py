@@ -287,6 +287,32 @@ OPTIONS: tuple[Option, ...] = (
         at_least(1),
     ),
     Option(
+        "memory_budget",
+        int,
+        None,
+        "bytes of downloaded bodies and decoded pixels one worker process may hold at once (half each); "
+        "threads wait rather than go over; None means min(4 GiB, half the machine's memory / processes_count)",
+        optional(at_least(1 << 20)),
+        True,
+    ),
+    Option(
+        "public_addresses_only",
+        bool,
+        False,
+        "fetch only from public internet addresses: also refuse loopback, private and shared ranges "
+        "(recommended for url lists that come from the web); link-local and cloud metadata addresses "
+        "are always refused",
+        boolean,
+    ),
+    Option("allow_https_downgrade", bool, False, "follow redirects from https to plain http", boolean),
+    Option(
+        "wait_for_lock",
+        bool,
+        False,
+        "when another run holds output_folder, wait for it to end instead of refusing at once",
+        boolean,
+    ),
+    Option(
         "storage_options",
         dict,
         None,

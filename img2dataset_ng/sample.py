@@ -8,7 +8,7 @@ metadata row: the input columns, then `key`, `status`, `error_message`, then the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -56,10 +56,19 @@ class Sample:
     source: bytes | None = None  # the downloaded bytes, as they came
     data: bytes | None = None  # what is stored: the downloaded bytes, then the resized image
     fields: dict[str, Any] = field(default_factory=dict)  # what stages add: width, exif, sha256, ...
+    # called once when `source` is dropped: gives back the memory budget its bytes were counted in
+    release_source: Callable[[], None] | None = None
 
     @property
     def ok(self) -> bool:
         return self.status is Status.SUCCESS
+
+    def free_source(self) -> None:
+        """Drop the downloaded bytes (every stage has seen them) and give back their budget."""
+        self.source = None
+        release, self.release_source = self.release_source, None
+        if release is not None:
+            release()
 
     def fail(self, status: Status, message: str) -> None:
         self.status, self.error_message = status, message

@@ -132,11 +132,12 @@ def in_order(samples: Sequence[Sample], stages: Sequence[Stage], thread_count: i
                     return
                 index, next_start = next_start, next_start + 1
             try:
-                sample = run_stages(stages, samples[index])
-                sample.source = None  # every stage has seen the downloaded bytes: free them now
+                run_stages(stages, samples[index])
                 error = None
             except BaseException as raised:  # noqa: BLE001 - re-raised in the shard's thread
                 error = raised
+            finally:
+                samples[index].free_source()  # every stage has seen the downloaded bytes: free them now
             done.put((index, error))
 
     threads = [threading.Thread(target=work, daemon=True, name=f"sample-{i}") for i in range(thread_count)]
