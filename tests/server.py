@@ -12,11 +12,13 @@ images
 bad content
 - `/html`: an HTML page served as image/jpeg; `/empty`: 200 with an empty body
 - `/truncated.jpg`: the first half of a JPEG; `/corrupt.jpg`, `/corrupt.png`: valid signature, garbage after
-- `/text`: plain text
+- `/text`: plain text; `/json`: a JSON document, as a metadata service would answer
+- `/bytes/{n}`: n bytes with a Content-Length; `/unsized/{n}`: n bytes without one (closes the connection)
 protocol faults
 - `/status/{code}`: that status (`?retry_after=S` adds Retry-After)
 - `/flaky/{name}/{n}/...`: 503 for the first n requests of `name`, then the rest of the path
 - `/redirect/{n}/...`: n redirects, then the rest of the path; `/loop`: redirects to itself forever
+- `/to?url=U`: a 302 redirect to the absolute url U (`&code=N` another redirect status)
 - `/robots/{X-Robots-Tag value}/...`: the rest of the path with that header
 - `/slow/{seconds}/...`: the rest of the path after a delay
 - `/stall`: headers and half a body, then silence; `/drip`: a body of one byte a second;
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import io
+import socket
 import ssl
 import struct
 import sys
@@ -135,6 +138,7 @@ class Handler(BaseHTTPRequestHandler):
         simple: dict[str, Callable[[], tuple[int, bytes, str]]] = {
             "html": lambda: (200, b"<html><body>not an image</body></html>", "image/jpeg"),
             "text": lambda: (200, b"just some text", "text/plain"),
+            "json": lambda: (200, b'{"AccessKeyId": "ASIA-TEST", "SecretAccessKey": "secret"}', "application/json"),
             "empty": lambda: (200, b"", "image/jpeg"),
             "exif.jpg": lambda: (200, with_exif(make_image(32, 32, "jpg")), "image/jpeg"),
             "cmyk.jpg": lambda: (200, cmyk_jpg(), "image/jpeg"),
@@ -173,6 +177,13 @@ class Handler(BaseHTTPRequestHandler):
             n = int(parts[1])
             target = rest if n <= 1 else f"/redirect/{n - 1}{rest}"
             self.send(302, b"", "text/plain", {**headers, "Location": target + qs})
+        elif head == "to":
+            self.send(int(query.get("code", 302)), b"", "text/plain", {**headers, "Location": query["url"]})
+        elif head == "bytes":
+            self.send(200, b"\xab" * int(parts[1]), "application/octet-stream", headers)
+        elif head == "unsized":
+            self.start_body(None, headers)
+            self.wfile.write(b"\xcd" * int(parts[1]))
         elif head == "loop":
             self.send(302, b"", "text/plain", {**headers, "Location": "/loop"})
         elif head == "robots":
@@ -240,8 +251,9 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        super().__init__((host, port), Handler)
         self.lock = threading.Lock()
         self.hits: dict[str, int] = {}
         self.user_agents: dict[str, str | None] = {}
@@ -263,11 +275,12 @@ class Server(ThreadingHTTPServer):
 class ImageServer:
     """Serves `Handler` on 127.0.0.1 from a background thread; use as a context manager.
 
-    `tls`, a `trustme` certificate, serves https instead.
+    `tls`, a `trustme` certificate, serves https instead; `host` and `port` another address to listen on.
     """
 
-    def __init__(self, tls=None) -> None:
-        self.httpd = Server()
+    def __init__(self, tls=None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.httpd = Server(host, port)
+        self.host = host
         self.scheme = "http"
         if tls is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -278,7 +291,8 @@ class ImageServer:
 
     @property
     def base(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.httpd.server_address[1]}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.httpd.server_address[1]}"
 
     def url(self, path: str) -> str:
         return self.base + path

@@ -3,12 +3,20 @@ cap on the bytes read.
 
 Failures raise `FetchError` (failed_to_download) with a short, stable message that becomes the
 row's `error_message`, and whether a later attempt could succeed. The deadline is enforced by a
-watchdog (`watchdog.py`) that cuts the socket of a request that outlives it.
+watchdog (`watchdog.py`) that cuts the socket of a request that outlives it, and covers name
+resolution too. Where a request may connect (every hop, redirects included) is decided by
+`network.py`; https to http redirects are refused unless `allow_https_downgrade`.
+
+Bodies are counted in the process's memory budget (`budget.bodies`) while they are read and until the
+sample drops them (`Sample.release_source`), so that many threads reading large bodies wait for
+memory instead of taking `thread_count x max_download_bytes` of it.
 """
 
 from __future__ import annotations
 
+import functools
 import http.client
+import io
 import ssl
 import threading
 import time
@@ -28,13 +36,16 @@ from urllib3.exceptions import (
 )
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
+from ..budget import Budget, bodies
 from ..config import FetchConfig
 from ..sample import URL, Sample, StageError, Status
 from .base import Stage
+from .network import NetworkError, Policy, Route, routed, shared_resolver
 from .watchdog import Guard, Watchdog, guarded
 
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 MAX_REDIRECTS = 10
+REDIRECT_STATUSES = frozenset((301, 302, 303, 307, 308))
 CHUNK_BYTES = 256 * 1024
 X_ROBOTS_TAG_REFUSAL = "Use of image disallowed by X-Robots-Tag directive"
 
@@ -67,7 +78,8 @@ def is_disallowed(header_values: Iterable[str], user_agent_token: str | None, di
 class Fetch(Stage):
     """Fills `sample.source` and `sample.data` with the body of the sample's url.
 
-    One per shard, shared by its threads (connections are pooled and kept alive).
+    One per shard, shared by its threads (connections are pooled and kept alive). The resolver and the
+    memory budget are the process's, shared by its shards.
     """
 
     failure = Status.FAILED_TO_DOWNLOAD
@@ -75,7 +87,10 @@ class Fetch(Stage):
     def __init__(self, config: FetchConfig):
         self.config = config
         self.watchdog = Watchdog()
-        self.current = threading.local()
+        self.current = threading.local()  # the guard and route of the request running on each thread
+        self.policy = Policy(public_only=config.public_addresses_only)
+        self.resolver = shared_resolver()
+        self.budget: Budget = bodies(config.memory_budget, config.processes_per_machine)
         self.pool = urllib3.PoolManager(
             num_pools=max(64, config.thread_count),
             maxsize=max(4, config.thread_count),
@@ -86,10 +101,14 @@ class Fetch(Stage):
         )
         self.pool.pool_classes_by_scheme = {
             "http": type(
-                "GuardedHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": guarded(HTTPConnection, self.current)}
+                "GuardedHTTPPool",
+                (HTTPConnectionPool,),
+                {"ConnectionCls": guarded(routed(HTTPConnection, self.current), self.current)},
             ),
             "https": type(
-                "GuardedHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": guarded(HTTPSConnection, self.current)}
+                "GuardedHTTPSPool",
+                (HTTPSConnectionPool,),
+                {"ConnectionCls": guarded(routed(HTTPSConnection, self.current), self.current)},
             ),
         }
 
@@ -98,14 +117,18 @@ class Fetch(Stage):
         if not body:
             raise FetchError("empty body")
         sample.source = sample.data = body
+        sample.release_source = functools.partial(self.budget.release, len(body))
 
     def close(self) -> None:
         self.watchdog.close()
         self.pool.clear()
 
     def fetch(self, url: str | None) -> bytes:
-        """The body of `url`, retrying what can succeed later; raises FetchError."""
-        check_url(url)
+        """The body of `url`, retrying what can succeed later; raises FetchError.
+
+        The body's `len` bytes stay taken from `self.budget`: the caller releases them.
+        """
+        url = check_url(url)
         attempt = 0
         while True:
             try:
@@ -121,24 +144,27 @@ class Fetch(Stage):
     def _fetch_once(self, url: str) -> bytes:
         guard = self.watchdog.watch(time.monotonic() + self.config.timeout)
         self.current.guard = guard
+        self.current.route = Route(self.policy, self.resolver, guard.deadline)
         try:
             return self._follow(url, guard)
         except FetchError:
             raise
+        except NetworkError as error:
+            raise FetchError(error.message, error.retryable) from None
         except BaseException as error:  # noqa: BLE001 - every transport failure becomes a row reason
             raise _as_fetch_error(error, guard) from None
         finally:
             guard.finish()
-            self.current.guard = None
+            self.current.guard = self.current.route = None
 
     def _follow(self, url: str, guard: Guard) -> bytes:
         deadline = guard.deadline
         for _ in range(MAX_REDIRECTS + 1):
             response = self._request(url, deadline)
             try:
-                if response.status in (301, 302, 303, 307, 308) and response.headers.get("Location"):
-                    url = urljoin(url, response.headers["Location"])
-                    check_url(url)
+                location = response.headers.get("Location") if response.status in REDIRECT_STATUSES else None
+                if location:
+                    url = self._redirect(url, location)
                     continue
                 if response.status >= 400:
                     retryable = response.status == 429 or response.status >= 500
@@ -160,6 +186,13 @@ class Fetch(Stage):
                 response.close()
         raise FetchError("too many redirects")
 
+    def _redirect(self, url: str, location: str) -> str:
+        """The url a redirect from `url` leads to, if it may be followed."""
+        target = check_url(urljoin(url, location.strip()))
+        if not self.config.allow_https_downgrade and _scheme(url) == "https" and _scheme(target) == "http":
+            raise FetchError("https to http redirect refused")
+        return target
+
     def _request(self, url: str, deadline: float) -> urllib3.BaseHTTPResponse:
         remaining = _remaining(deadline)
         return self.pool.request(
@@ -172,23 +205,61 @@ class Fetch(Stage):
         )
 
     def _read_body(self, response: urllib3.BaseHTTPResponse, guard: Guard) -> bytes:
+        """The body, read into one buffer whose size is taken from the memory budget (waiting for it
+        until the deadline); on failure, what was taken is given back.
+
+        The buffer is a BytesIO sized up front to a declared Content-Length (else grown by half as the
+        body comes), whose `getvalue` hands it over without a copy: the body is never held twice, as a list
+        of chunks and their join would be, and what the budget counts is what the buffer holds.
+        """
         limit = self.config.max_download_bytes
         declared = response.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > limit:
+        expected = int(declared) if declared and declared.isdigit() else 0
+        if expected > limit:
             raise FetchError("too large")
-        chunks, size = [], 0
-        while True:
-            _remaining(guard.deadline)
-            chunk = response.read1(CHUNK_BYTES)
-            if guard.expired:  # the watchdog cut the socket: what was read is incomplete
-                raise FetchError("timed out", retryable=True)
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > limit:
-                raise FetchError("too large")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        buffer, size, capacity = io.BytesIO(), 0, 0
+        try:
+            if expected:
+                capacity = self._grow(buffer, capacity, expected, guard.deadline)
+            while True:
+                _remaining(guard.deadline)
+                chunk = response.read1(CHUNK_BYTES)
+                if guard.expired:  # the watchdog cut the socket: what was read is incomplete
+                    raise FetchError("timed out", retryable=True)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise FetchError("too large")
+                if size > capacity:  # more than declared, or nothing was: grow by half (at most 1.5x the body)
+                    wanted = min(max(capacity + capacity // 2, CHUNK_BYTES), limit, self.budget.capacity)
+                    capacity = self._grow(buffer, capacity, max(size, wanted), guard.deadline)
+                buffer.write(chunk)
+            buffer.truncate(size)
+            body = buffer.getvalue()
+        except BaseException:
+            self.budget.release(capacity)
+            raise
+        finally:
+            buffer.close()
+        self.budget.release(capacity - size)  # a body shorter than its buffer
+        return body
+
+    def _grow(self, buffer: io.BytesIO, capacity: int, new: int, deadline: float) -> int:
+        """`new`: the buffer's size, now allocated and taken from the budget (`capacity` was already)."""
+        if new > self.budget.capacity:  # could never fit, whatever the other threads give back
+            raise FetchError("too large for the memory budget")
+        if not self.budget.acquire(new - capacity, deadline):
+            raise FetchError("timed out waiting for memory", retryable=True)
+        try:
+            position = buffer.tell()
+            buffer.seek(new - 1)
+            buffer.write(b"\0")  # one allocation of exactly `new` bytes; what is read overwrites it
+            buffer.seek(position)
+        except BaseException:
+            self.budget.release(new - capacity)
+            raise
+        return new
 
 
 def _remaining(deadline: float) -> float:
@@ -198,17 +269,25 @@ def _remaining(deadline: float) -> float:
     return remaining
 
 
-def check_url(url: str | None) -> None:
+def check_url(url: str | None) -> str:
+    """`url` without surrounding whitespace, if it is an http(s) url with a host: the string both
+    checked and fetched."""
     if not url or not isinstance(url, str) or not url.strip():
         raise FetchError("empty url")
+    url = url.strip()
     try:
-        parts = urlsplit(url.strip())
+        parts = urlsplit(url)
     except ValueError:
         raise FetchError("invalid url") from None
     if parts.scheme.lower() not in ("http", "https"):
         raise FetchError("unsupported url scheme")
     if not parts.hostname:
         raise FetchError("invalid url")
+    return url
+
+
+def _scheme(url: str) -> str:
+    return url.partition(":")[0].lower()
 
 
 def _seconds(retry_after: str | None) -> float | None:
