@@ -60,8 +60,9 @@ def test_columns_are_selected_renamed_and_ordered(tmp_path, fmt):
     assert [s for s, _ in shards] == [0, 1, 2]
     assert [t.num_rows for _, t in shards] == [10, 10, 5]
     table = pa.concat_tables(t for _, t in shards)
-    # text formats always carry why a row could not be read (null here), so batches concatenate
-    assert table.column_names == ["b", "a", "caption", "url"] + ([] if fmt == "parquet" else ["__input_error"])
+    # every format carries why a row could not be read (null here), so batches and files concatenate
+    assert table.column_names == ["b", "a", "caption", "url", "__input_error"]
+    assert table.column("__input_error").null_count == table.num_rows
     assert table.column("url").to_pylist() == [r["link"] for r in rows]
     assert table.column("caption").to_pylist() == [r["text"] for r in rows]
     assert [str(v) for v in table.column("b").to_pylist()] == [str(r["b"]) for r in rows]

@@ -57,7 +57,8 @@ class JsonScanner:
         self.pos += 1
 
     def value(self) -> Any:
-        """The next value, decoded whole."""
+        """The next value, decoded whole; one nested too deeply for json's (recursive) decoder is a
+        `JSONDecodeError` at its position, never a `RecursionError`."""
         self.peek()
         while True:
             try:
@@ -68,6 +69,8 @@ class JsonScanner:
             except json.JSONDecodeError:
                 if self.eof:
                     raise
+            except RecursionError:
+                raise self.fail("a value is nested too deeply to be decoded") from None
             self._more()
         self.pos = end
         return value
@@ -104,16 +107,24 @@ class JsonScanner:
             yield key
 
     def skip(self) -> None:
-        """Step over the next value, one element at a time (a split index is as long as the list)."""
-        char = self.peek()
-        if char == "[":
-            for _ in self.elements():
-                pass
-        elif char == "{":
-            for _ in self.keys():
-                self.skip()
-        else:
-            self.value()
+        """Step over the next value, one element at a time (a split index is as long as the list).
+
+        Objects are walked key by key without recursion (a stack of the objects being walked), so
+        however deep they nest Python's stack does not grow; arrays' elements are decoded whole."""
+        walking: list[Iterator[str]] = []  # the keys of each object entered and not yet left
+        while True:
+            char = self.peek()
+            if char == "{":
+                walking.append(self.keys())
+            elif char == "[":
+                for _ in self.elements():
+                    pass
+            else:
+                self.value()
+            while walking and next(walking[-1], None) is None:  # at the next key's value, or out
+                walking.pop()
+            if not walking:
+                return
 
     def end(self) -> None:
         if self.peek():
