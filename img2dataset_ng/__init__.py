@@ -6,7 +6,7 @@ The extension points, each one file plus one registration: a stage (`Stage` or `
 
 from .config import Config
 from .distributors import register_distributor
-from .errors import ConfigError, InputError, Interrupted, StorageError
+from .errors import ConfigError, FolderLocked, InputError, Interrupted, StorageError
 from .main import download, run
 from .sample import Sample, StageError, Status
 from .stages import BatchStage, Stage, register_stage
@@ -18,6 +18,7 @@ __all__ = [
     "BatchStage",
     "Config",
     "ConfigError",
+    "FolderLocked",
     "InputError",
     "Interrupted",
     "Sample",

@@ -1,5 +1,5 @@
-"""The errors a user catches: bad options, unreadable input and unusable folders (all raised before
-any work starts), and an interrupted run."""
+"""The errors a user catches: bad options, unreadable input, unusable folders and a folder another
+run is using (all raised before any work starts), and an interrupted run."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ class InputError(ValueError):
 
 class StorageError(ValueError):
     """A folder cannot be read or written: the message names it, the cause and what to check."""
+
+
+class FolderLocked(StorageError):
+    """Another run holds the output folder's lock; the message names it and how to proceed."""
 
 
 class Interrupted(KeyboardInterrupt):

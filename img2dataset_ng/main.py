@@ -1,17 +1,32 @@
-"""`download()`: validate the options, read and shard the url list, run the shards, summarise."""
+"""`download()`: validate the options, take the output folder's lock, read and shard the url list, run
+the shards, summarise. Nothing in the output folder changes before its lock is held (lock.py)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import time
 from typing import Any
+
+from fsspec.implementations.local import LocalFileSystem
 
 from . import provenance
 from .config import Config
 from .distributors.base import DISTRIBUTORS, run_shards
 from .errors import ConfigError, Interrupted
-from .naming import STATS_SUFFIX, TMP_FOLDER_NAME, finished_shards, highest_shard_id, is_ours, tmp_folder_name
+from .lock import FolderLock
+from .naming import (
+    STATS_SUFFIX,
+    TMP_FOLDER_NAME,
+    highest_shard_id,
+    is_lock,
+    is_ours,
+    is_partial,
+    stats_files,
+    tmp_folder_name,
+)
 from .observers import Progress, WandbLogger, log_failures
 from .options import OPTIONS, SIGNATURE, IncrementalMode, bind
 from .reader import Sharder, UrlListReader
@@ -36,7 +51,7 @@ The options are img2dataset's, plus a few of ours (`img2dataset-ng --help` shows
 
 
 def run(config: Config) -> Summary:
-    """Run a validated configuration: every check first, then the shards."""
+    """Run a validated configuration: every check first, then the shards, holding the folder's lock."""
     start_distributor = DISTRIBUTORS.get(config.run.distributor)  # a bad name or missing engine fails now
     stages = download_stages(config)  # built here once so that their columns are checked before any work
     check_columns(config, stages)
@@ -46,22 +61,75 @@ def run(config: Config) -> Summary:
     reader.check_columns()
 
     folder = config.write.output_folder
+    check_output_folder(folder)
     with accessing(folder.url, "use output_folder"):
         created = not folder.exists()
-    tmp = config.run.tmp_folder
-    tmp = folder.child(TMP_FOLDER_NAME) if tmp is None else tmp.child(tmp_folder_name(folder.url))
+        folder.makedirs()
+    lock = take_lock(folder, config.run.wait_for_lock, created)
+    started = False
+    try:
+        parts = start(config, reader, start_distributor)
+        started = True
+        return execute(config, *parts)
+    except BaseException:
+        if created and not started:  # a failed start leaves no folder behind: all but the lock now, then the rest
+            with contextlib.suppress(Exception):  # the error being raised says more than this one would
+                folder.remove([name for name in folder.names() if not is_lock(name)])
+        raise
+    finally:
+        lock.release()
+        if created and not started:
+            folder.remove_if_empty()
+
+
+def check_output_folder(folder: Folder) -> None:
+    """Refuse an empty output_folder, or the root of a filesystem: `"/"` normalises to an empty path,
+    which fsspec reads as the working directory, and overwrite would empty that."""
+    with accessing(folder.url, "use output_folder"):
+        root = folder.root
+    local = isinstance(folder.fs, LocalFileSystem)
+    real = os.path.realpath(root or os.sep) if local else root
+    if not folder.url.strip() or not root.strip("/") or (local and os.path.dirname(real) == real):
+        raise ConfigError(
+            f"output_folder {folder.url!r} is the root of its filesystem (or empty): choose a folder inside it, "
+            "such as /data/my-dataset or s3://bucket/my-dataset"
+        )
+
+
+def take_lock(folder: Folder, wait: bool, created: bool) -> FolderLock:
+    """The folder's lock, before anything in it changes (a folder this run just made goes if it is not taken)."""
+    lock = FolderLock(folder, wait)
     try:
         with accessing(folder.url, "use output_folder"):
-            first_shard_id, skip = prepare_output(config, reader)
-        sharder = Sharder(reader, config.key_format, tmp, first_shard_id, skip)
-        summary = Summary(output_folder=folder.url)
-        wandb = WandbLogger(config.run.wandb_project, config) if config.run.enable_wandb else None
-        distributor = start_distributor(config.run)
-    except BaseException:
-        if created:  # a failed start leaves no folder behind
-            with contextlib.suppress(Exception):  # the error being raised says more than this one would
-                folder.remove_all()
+            lock.acquire()
+    except BaseException as error:
+        if created:
+            folder.remove_if_empty()
+        if isinstance(error, KeyboardInterrupt) and not isinstance(error, Interrupted):  # Ctrl-C while waiting
+            raise Interrupted(Summary(output_folder=folder.url)) from None
         raise
+    return lock
+
+
+def start(config: Config, reader: UrlListReader, start_distributor: Any) -> tuple[Any, ...]:
+    """Prepare the folder (under its lock) and everything the shards need."""
+    folder = config.write.output_folder
+    tmp = config.run.tmp_folder
+    tmp = folder.child(TMP_FOLDER_NAME) if tmp is None else tmp.child(tmp_folder_name(folder.url))
+    with accessing(folder.url, "use output_folder"):
+        first_shard_id, skip = prepare_output(config, reader)
+    sharder = Sharder(reader, config.key_format, tmp, first_shard_id, skip)
+    summary = Summary(output_folder=folder.url)
+    wandb = WandbLogger(config.run.wandb_project, config) if config.run.enable_wandb else None
+    distributor = start_distributor(config.run)
+    return tmp, sharder, summary, wandb, distributor
+
+
+def execute(
+    config: Config, tmp: Folder, sharder: Sharder, summary: Summary, wandb: WandbLogger | None, distributor: Any
+) -> Summary:
+    """Run the shards and summarise; the temporary folder and any `_partial_` leftover go at the end."""
+    folder = config.write.output_folder
     bar = Progress(summary, config.run.progress, live=distributor.reports_progress)
     sharder.on_total = bar.set_total
 
@@ -83,6 +151,9 @@ def run(config: Config) -> Summary:
         bar.close()
         distributor.close()
         tmp.remove_all()
+        if folder.writes_in_place:  # what a killed worker was writing (object stores have no such leftovers)
+            with contextlib.suppress(Exception):
+                remove_partials(folder, folder.names())
     summary.duration = time.monotonic() - start
     summary.shards_skipped = sharder.skipped
     summary.failed_shards = sorted(shard.shard_id for shard in failed)
@@ -98,7 +169,8 @@ def run(config: Config) -> Summary:
 def prepare_output(config: Config, reader: UrlListReader) -> tuple[int, frozenset[int]]:
     """Check the output folder against this run and make it ready; write the run record when it
     changed (a new folder is written to before any work, so a folder that cannot be written to fails
-    here). Returns the first shard id and the shards to skip."""
+    here). Returns the first shard id and the shards to skip. Runs under the folder's lock, so
+    every `_partial_` entry is the leftover of a killed run: they go first."""
     folder, mode = config.write.output_folder, config.run.incremental_mode
     if mode is IncrementalMode.OVERWRITE:
         inputs = (
@@ -111,18 +183,62 @@ def prepare_output(config: Config, reader: UrlListReader) -> tuple[int, frozense
                     f"{option} {inner.url} lies inside output_folder {folder.url}, which "
                     "incremental_mode='overwrite' empties: move it out, or choose another output_folder"
                 )
-    names = folder.names()
+    sizes = folder.sizes()
+    names = sorted(sizes)
     record, earlier = provenance.make_record(config, reader), provenance.read(folder, names)
     provenance.check(folder, earlier, record, mode, has_shards=highest_shard_id(names) is not None)
+    remove_partials(folder, names)
     first_shard_id, skip = 0, frozenset()
-    if mode is IncrementalMode.OVERWRITE:  # only what is ours: anything else in the folder stays
-        folder.remove(sorted((name for name in names if is_ours(name)), key=lambda n: not n.endswith(STATS_SUFFIX)))
+    if mode is IncrementalMode.OVERWRITE:  # only what is ours (not the lock we hold): anything else stays
+        ours = (name for name in names if is_ours(name) and not is_lock(name) and not is_partial(name))
+        folder.remove(sorted(ours, key=lambda n: not n.endswith(STATS_SUFFIX)))
         earlier = None  # the record went with the rest
     elif mode is IncrementalMode.EXTEND:
         highest = highest_shard_id(names)
         first_shard_id = 0 if highest is None else highest + 1
     else:
-        skip = frozenset(finished_shards(names))
+        skip = done_shards(folder, sizes, config.write.writer.suffixes)
     folder.makedirs()
     provenance.write(folder, record, earlier)
     return first_shard_id, skip
+
+
+def remove_partials(folder: Folder, names: list[str]) -> None:
+    """Remove `_partial_` entries: files and folders whose writer was killed (only called under the lock)."""
+    folder.remove([name for name in names if is_partial(name)])
+
+
+def done_shards(folder: Folder, sizes: dict[str, int], suffixes: tuple[str, ...]) -> frozenset[int]:
+    """The shards done: those whose stats file is valid and whose output files are all there.
+
+    A stats file is valid when it is not empty (the listing gives sizes: no read), parses as JSON and
+    names its own shard; it is read only then, `READ_THREADS` at a time, so that 100k shards on an
+    object store take seconds. Any other shard runs again (its leftovers are replaced), with a warning.
+    """
+    stats = stats_files(sizes)
+    candidates = {
+        shard_id: name
+        for shard_id, name in stats.items()
+        if sizes[name] > 0 and all(name[: -len(STATS_SUFFIX)] + s in sizes for s in suffixes if s)
+    }
+    contents = folder.read_many(candidates.values())
+    done = frozenset(shard_id for shard_id, name in candidates.items() if valid_stats(contents[name], shard_id))
+    redo = sorted(set(stats) - done)
+    if redo:
+        shown = ", ".join(stats[shard_id] for shard_id in redo[:5]) + (", ..." if len(redo) > 5 else "")
+        logger.warning(
+            "%d stats file(s) are empty, unreadable, of another shard, or without their shard's files (%s): "
+            "those shards run again",
+            len(redo),
+            shown,
+        )
+    return done
+
+
+def valid_stats(data: bytes | None, shard_id: int) -> bool:
+    """Whether `data` is a complete stats file of shard `shard_id`."""
+    try:
+        stats = json.loads(data or b"")
+    except ValueError:
+        return False
+    return isinstance(stats, dict) and stats.get("shard_id") == shard_id and isinstance(stats.get("count"), int)

@@ -1,8 +1,14 @@
 """The one place that names things: shard names, sample keys, and every file and folder of a run.
 
 Output folder entries: `NNNNN` + a writer's suffix (`.tar`, `.parquet`, `.tfrecord`, the `NNNNN/`
-folder), `NNNNN_stats.json` (the completion marker), `_tmp/` (shard inputs waiting for workers) and
-`_img2dataset_ng_run.json` (what made the folder). Nothing else in it is ours.
+folder), `NNNNN_stats.json` (the completion marker), `_tmp/` (shard inputs waiting for workers),
+`_img2dataset_ng_run.json` (what made the folder), `_img2dataset_ng.lock` (the run that holds the
+folder, and its transient `_img2dataset_ng.lock.*` siblings) and `_partial_*` (a file or folder being
+written, renamed to its final name when complete). Nothing else in it is ours.
+
+Names of things being written start with `_` and end with a random token: shard globs (`*.tar`,
+`*.parquet`, `*.tfrecord`) do not match them, and Spark, pyarrow datasets and Hugging Face skip
+`_`-prefixed files when they read a folder.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ STATS_SUFFIX = "_stats.json"
 TMP_FOLDER_NAME = "_tmp"
 RUN_RECORD = "_img2dataset_ng_run.json"  # what made the folder; `_` keeps Spark and globs of shards off it
 INPUT_SHARD_SUFFIX = ".feather"
+LOCK_FILE = "_img2dataset_ng.lock"  # who runs in the folder now (lock.py)
+PARTIAL_PREFIX = "_partial_"  # a file or folder being written; renamed when complete
 _SHARD_ENTRY = re.compile(r"^(\d+)(?:\.|_stats\.json$|$)")
 
 
@@ -58,6 +66,21 @@ def input_shard_file(shard_name: str) -> str:
     return shard_name + INPUT_SHARD_SUFFIX
 
 
+def partial_name(name: str, token: str) -> str:
+    """The temporary name of `name` while it is written: `_partial_00042.tar.3f9c2a`, a name no shard glob matches."""
+    return f"{PARTIAL_PREFIX}{name}.{token}"
+
+
+def is_partial(name: str) -> bool:
+    """Whether an entry is something being written (or the leftover of a write that was killed)."""
+    return name.startswith(PARTIAL_PREFIX)
+
+
+def is_lock(name: str) -> bool:
+    """The lock file, or one of the transient files its holder makes next to it."""
+    return name == LOCK_FILE or name.startswith(LOCK_FILE + ".")
+
+
 def tmp_folder_name(output_url: str) -> str:
     """The run's folder inside a user-given `tmp_folder`: runs into different outputs stay apart."""
     return f"img2dataset_ng_{hashlib.sha1(output_url.encode()).hexdigest()[:12]}"
@@ -71,12 +94,15 @@ def shard_id_of(name: str) -> int | None:
 
 def is_ours(name: str) -> bool:
     """Whether an output folder entry is of our layout (what overwrite may delete)."""
-    return shard_id_of(name) is not None or name in (TMP_FOLDER_NAME, RUN_RECORD)
+    return shard_id_of(name) is not None or name in (TMP_FOLDER_NAME, RUN_RECORD) or is_partial(name) or is_lock(name)
 
 
-def finished_shards(names: Iterable[str]) -> set[int]:
-    """Ids of the shards whose stats file, their completion marker, is among `names`."""
-    return {shard_id for name in names if name.endswith(STATS_SUFFIX) and (shard_id := shard_id_of(name)) is not None}
+def stats_files(names: Iterable[str]) -> dict[int, str]:
+    """{shard id: stats file name} for the stats files among `names`: candidates for "done", each to be
+    read and checked (a stats file cut short by a full disk names a shard that is not done)."""
+    return {
+        shard_id: name for name in names if name.endswith(STATS_SUFFIX) and (shard_id := shard_id_of(name)) is not None
+    }
 
 
 def highest_shard_id(names: Iterable[str]) -> int | None:

@@ -40,7 +40,8 @@ def s3():
     server.start()
     endpoint = f"http://127.0.0.1:{server._server.server_port}"
     fs = s3fs.S3FileSystem(endpoint_url=endpoint)
-    fs.mkdir(BUCKET)
+    if not fs.exists(BUCKET):  # moto's state is per process: another module's server may have made it
+        fs.mkdir(BUCKET)
     try:
         yield endpoint, fs
     finally:

@@ -204,42 +204,9 @@ def test_framing_is_byte_identical_to_the_tfrecord_package(tmp_path, implementat
     assert list(read_records(io.BytesIO(ours.getvalue()), crc)) == records
 
 
-class Upload(io.BytesIO):
-    """A file of an object store: `close` commits, `discard` drops."""
-
-    def __init__(self):
-        super().__init__()
-        self.outcome = None
-
-    def close(self):
-        if self.outcome is None:
-            self.outcome = ("committed", self.getvalue())
-        super().close()
-
-    def discard(self):
-        self.outcome = ("discarded", None)
-        super().close()
-
-
-class UploadingFolder(Folder):
-    """A folder whose .tfrecord files are uploads that can be committed or discarded."""
-
-    def __init__(self, url):
-        super().__init__(url)
-        self.uploads = {}
-        self.makedirs()
-
-    def open(self, name, mode="rb"):
-        if name.endswith(".tfrecord"):
-            self.uploads[name] = Upload()
-            return self.uploads[name]
-        return super().open(name, mode)
-
-
-def writer_on_uploads(tmp_path: Path) -> tuple[TFRecordWriter, UploadingFolder]:
+def our_writer(folder: Path) -> TFRecordWriter:
     schema = pa.schema([("url", pa.string()), ("key", pa.string()), ("status", pa.string())])
-    folder = UploadingFolder(str(tmp_path / "out"))
-    return TFRecordWriter(folder, "00000", schema, "jpg"), folder
+    return TFRecordWriter(Folder(str(folder)), "00000", schema, "jpg")
 
 
 def sample(index: int, url: str, image: bytes | None) -> Sample:
@@ -247,27 +214,23 @@ def sample(index: int, url: str, image: bytes | None) -> Sample:
     return Sample(index, f"00000000{index}", {"url": url}, status, data=image)
 
 
-def test_writer_commits_on_success_and_discards_on_failure(tmp_path):
-    writer, fs = writer_on_uploads(tmp_path)
-    with writer:
+def test_writer_commits_on_success_and_leaves_nothing_on_failure(tmp_path):
+    (tmp_path / "out").mkdir()
+    with our_writer(tmp_path / "out") as writer:
         writer.write(sample(0, "a", b"IMAGE"))
         writer.write(sample(1, "b", None))
-    (upload,) = fs.uploads.values()
-    outcome, data = upload.outcome
-    assert outcome == "committed"
-    (record,) = read_records(io.BytesIO(data))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["00000.parquet", "00000.tfrecord"]
+    (record,) = read_records(io.BytesIO((tmp_path / "out" / "00000.tfrecord").read_bytes()))
     parsed = example_pb2.Example()
     parsed.ParseFromString(record)
     assert parsed.features.feature["jpg"].bytes_list.value == [b"IMAGE"]
     assert read_metadata(tmp_path / "out").column("url").to_pylist() == ["a", "b"]
 
-    writer, fs = writer_on_uploads(tmp_path / "failing")
-    with pytest.raises(RuntimeError), writer:
+    (tmp_path / "failing").mkdir()
+    with pytest.raises(RuntimeError), our_writer(tmp_path / "failing") as writer:
         writer.write(sample(0, "a", b"IMAGE"))
         raise RuntimeError("the shard failed")
-    (upload,) = fs.uploads.values()
-    assert upload.outcome == ("discarded", None)
-    assert not (tmp_path / "failing" / "out" / "00000.parquet").exists()
+    assert list((tmp_path / "failing").iterdir()) == []  # not even a partial file
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,20 @@
 
 A writer is made by the shard worker for one shard and used as a context manager: `write(sample)`
 once per sample of the shard, in sample order, success or failure alike; then `close()` makes
-its files visible complete, or, when the shard failed, `abort()` discards what can be discarded.
+its files visible complete, or, when the shard failed, `abort()` discards what was written.
 The shard's stats file is not the writer's: the worker writes it last, after `close()`.
+
+Writers open their files with `Folder.atomic` (or `Folder.atomic_folder`), so that no file of a
+killed or failed shard shows under a shard name. When `close()` fails (a full disk), `abort()`
+runs; an `abort()` that fails itself is logged, never raised: the error that failed the shard is
+the one the user must see, and every handle is closed either way.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from typing import IO, Any, ClassVar
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,13 +23,20 @@ import pyarrow.parquet as pq
 from ..naming import shard_file
 from ..registry import Builtin, Registry
 from ..sample import Sample
-from ..storage import Folder
+from ..storage import AtomicFile, Folder
+
+logger = logging.getLogger(__name__)
 
 
 class ShardWriter(ABC):
     # what the writer makes in the output folder, as suffixes of the shard name (`.tar`, or "" for
     # a folder named like the shard): removed before the shard is run again
     suffixes: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def own_columns(cls, image_format: str) -> tuple[str, ...]:
+        """Columns the writer adds next to the metadata ones (checked against them before any work)."""
+        return ()
 
     def __init__(self, folder: Folder, shard_name: str, schema: pa.Schema, image_format: str):
         """`schema`: the metadata columns; `image_format`: the stored images' extension (`jpg`)."""
@@ -52,19 +65,22 @@ class ShardWriter(ABC):
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        if exc_type is None:
+        if exc_type is not None:
+            self._abort_quietly()
+            return
+        try:
             self.close()
-        else:
+        except BaseException:
+            self._abort_quietly()
+            raise
+
+    def _abort_quietly(self) -> None:
+        try:
             self.abort()
-
-
-def discard(file: IO) -> None:
-    """Close `file` without committing it where the filesystem can (object store uploads)."""
-    cancel = getattr(file, "discard", None)
-    if cancel is not None:
-        cancel()
-    else:
-        file.close()
+        except Exception as error:  # noqa: BLE001 - must not replace the error that failed the shard
+            logger.warning(
+                "shard %s: discarding its files failed too: %s: %s", self.shard_name, type(error).__name__, error
+            )
 
 
 class MetadataParquet:
@@ -73,14 +89,22 @@ class MetadataParquet:
     def __init__(self, folder: Folder, shard_name: str, schema: pa.Schema):
         self.folder, self.name, self.schema = folder, shard_file(shard_name, ".parquet"), schema
         self.rows: list[dict[str, Any]] = []
+        self.file: AtomicFile | None = None
 
     def add(self, record: dict[str, Any]) -> None:
         self.rows.append(record)
 
     def close(self) -> None:
         table = pa.Table.from_pylist(self.rows, schema=self.schema)
-        with self.folder.open(self.name, "wb") as f:
-            pq.write_table(table, f)
+        self.file = self.folder.atomic(self.name)
+        pq.write_table(table, self.file.file)
+        self.file.commit()
+
+    def abort(self) -> None:
+        """Remove the file when it was (being) written: the shard failed after it."""
+        self.rows = []
+        if self.file is not None:
+            self.file.abort()
 
 
 class ImagesAndMetadataWriter(ShardWriter):
@@ -96,7 +120,11 @@ class ImagesAndMetadataWriter(ShardWriter):
         """Store one successful sample, its metadata row given."""
 
     @abstractmethod
-    def close_images(self) -> None: ...
+    def close_images(self) -> None:
+        """Commit the format's own files (before the metadata parquet)."""
+
+    def abort_images(self) -> None:
+        """Discard the format's own files; never raises (by default there is nothing to discard)."""
 
     def write(self, sample: Sample) -> None:
         record = self.record(sample)
@@ -107,6 +135,10 @@ class ImagesAndMetadataWriter(ShardWriter):
     def close(self) -> None:
         self.close_images()
         self.metadata.close()
+
+    def abort(self) -> None:
+        self.abort_images()
+        self.metadata.abort()
 
 
 WRITERS: Registry[type[ShardWriter]] = Registry(

@@ -1,5 +1,7 @@
 """output_format="files": folder `NNNNN/` with `KEY.jpg`, `KEY.txt` (with captions) and `KEY.json`
-for each success; every row in `NNNNN.parquet`."""
+for each success; every row in `NNNNN.parquet`. The folder is written as `_partial_NNNNN.<token>/`
+and renamed when complete, where the filesystem renames folders (not on object stores: there each
+file appears as it is written, and the stats file says whether the shard is done)."""
 
 from __future__ import annotations
 
@@ -20,17 +22,18 @@ class FilesWriter(ImagesAndMetadataWriter):
     def __init__(self, folder: Folder, shard_name: str, schema: pa.Schema, image_format: str):
         super().__init__(folder, shard_name, schema, image_format)
         self.captions = CAPTION in schema.names
-        self.images = folder.child(shard_name)
-        self.images.makedirs()
+        self.pending = folder.atomic_folder(shard_name)
+        self.images = self.pending.folder
 
     def write_image(self, sample: Sample, record: dict[str, Any]) -> None:
-        self.images.write(sample_file(sample.key, self.image_format), sample.data)
+        # each file on its own needs no rename: the folder they are in appears whole, or is an object store's
+        self.images.write(sample_file(sample.key, self.image_format), sample.data, atomic=False)
         if self.captions:
-            self.images.write(sample_file(sample.key, "txt"), caption_text(record))
-        self.images.write(sample_file(sample.key, "json"), sample_json(record))
+            self.images.write(sample_file(sample.key, "txt"), caption_text(record), atomic=False)
+        self.images.write(sample_file(sample.key, "json"), sample_json(record), atomic=False)
 
     def close_images(self) -> None:
-        """Each file is complete once written."""
+        self.pending.commit()
 
-    def abort(self) -> None:
-        """Files already written stay until the shard runs again (they are removed before it does)."""
+    def abort_images(self) -> None:
+        self.pending.abort()

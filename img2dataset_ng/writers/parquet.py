@@ -1,8 +1,10 @@
 """output_format="parquet": `NNNNN.parquet` holds every row and the image bytes, in a binary column
-named after the image format (null for failures), streamed in row groups."""
+named after the image format (null for failures), streamed in row groups to a file that appears
+complete when the shard closes."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pyarrow as pa
@@ -11,7 +13,7 @@ import pyarrow.parquet as pq
 from ..naming import shard_file
 from ..sample import Sample
 from ..storage import Folder
-from .base import ShardWriter, discard
+from .base import ShardWriter
 
 ROW_GROUP = 256
 
@@ -19,11 +21,15 @@ ROW_GROUP = 256
 class ParquetWriter(ShardWriter):
     suffixes = (".parquet",)
 
+    @classmethod
+    def own_columns(cls, image_format: str) -> tuple[str, ...]:
+        return (image_format,)
+
     def __init__(self, folder: Folder, shard_name: str, schema: pa.Schema, image_format: str):
         super().__init__(folder, shard_name, schema, image_format)
         self.file_schema = schema.append(pa.field(image_format, pa.binary()))
-        self.file = folder.open(shard_file(shard_name, ".parquet"), "wb")
-        self.parquet = pq.ParquetWriter(self.file, self.file_schema)
+        self.file = folder.atomic(shard_file(shard_name, ".parquet"))
+        self.parquet = pq.ParquetWriter(self.file.file, self.file_schema)
         self.rows: list[dict[str, Any]] = []
 
     def write(self, sample: Sample) -> None:
@@ -39,7 +45,10 @@ class ParquetWriter(ShardWriter):
     def close(self) -> None:
         self._flush()
         self.parquet.close()
-        self.file.close()
+        self.file.commit()
 
     def abort(self) -> None:
-        discard(self.file)
+        self.rows = []
+        with contextlib.suppress(Exception):  # the file is discarded: its footer may fail to be written
+            self.parquet.close()
+        self.file.abort()

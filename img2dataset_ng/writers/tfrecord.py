@@ -11,23 +11,27 @@ import pyarrow as pa
 from ..naming import shard_file
 from ..sample import Sample
 from ..storage import Folder
-from .base import ImagesAndMetadataWriter, discard
+from .base import ImagesAndMetadataWriter
 from .codecs.tfrecord import crc32c_function, sample_example, write_record
 
 
 class TFRecordWriter(ImagesAndMetadataWriter):
     suffixes = (".tfrecord", ".parquet")
 
+    @classmethod
+    def own_columns(cls, image_format: str) -> tuple[str, ...]:
+        return (image_format, "txt")  # features of each Example, next to the metadata columns
+
     def __init__(self, folder: Folder, shard_name: str, schema: pa.Schema, image_format: str):
         super().__init__(folder, shard_name, schema, image_format)
         self.crc32c = crc32c_function()
-        self.file = folder.open(shard_file(shard_name, ".tfrecord"), "wb")
+        self.tfrecord = folder.atomic(shard_file(shard_name, ".tfrecord"))  # appears complete, on commit
 
     def write_image(self, sample: Sample, record: dict[str, Any]) -> None:
-        write_record(self.file, sample_example(record, sample.data, self.image_format), self.crc32c)
+        write_record(self.tfrecord, sample_example(record, sample.data, self.image_format), self.crc32c)
 
     def close_images(self) -> None:
-        self.file.close()
+        self.tfrecord.commit()
 
-    def abort(self) -> None:
-        discard(self.file)
+    def abort_images(self) -> None:
+        self.tfrecord.abort()

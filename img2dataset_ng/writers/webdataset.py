@@ -11,7 +11,7 @@ import pyarrow as pa
 from ..naming import sample_file, shard_file
 from ..sample import CAPTION, Sample
 from ..storage import Folder
-from .base import ImagesAndMetadataWriter, discard
+from .base import ImagesAndMetadataWriter
 from .codecs.tar import tar_end, tar_member
 
 
@@ -29,7 +29,7 @@ class WebDatasetWriter(ImagesAndMetadataWriter):
     def __init__(self, folder: Folder, shard_name: str, schema: pa.Schema, image_format: str):
         super().__init__(folder, shard_name, schema, image_format)
         self.captions = CAPTION in schema.names
-        self.file = folder.open(shard_file(shard_name, ".tar"), "wb")
+        self.tar = folder.atomic(shard_file(shard_name, ".tar"))  # appears complete, on commit
         self.size = 0
 
     def write_image(self, sample: Sample, record: dict[str, Any]) -> None:
@@ -38,12 +38,12 @@ class WebDatasetWriter(ImagesAndMetadataWriter):
             members.append(tar_member(sample_file(sample.key, "txt"), caption_text(record)))
         members.append(tar_member(sample_file(sample.key, "json"), sample_json(record)))
         data = b"".join(members)
-        self.file.write(data)
+        self.tar.write(data)
         self.size += len(data)
 
     def close_images(self) -> None:
-        self.file.write(tar_end(self.size))
-        self.file.close()
+        self.tar.write(tar_end(self.size))
+        self.tar.commit()
 
-    def abort(self) -> None:
-        discard(self.file)
+    def abort_images(self) -> None:
+        self.tar.abort()
