@@ -142,6 +142,37 @@ def test_reserved_additional_columns_are_refused(tmp_path, column):
         download("x.txt", output_folder=str(tmp_path / "out"), save_additional_columns=["ok", column])
 
 
+@pytest.mark.parametrize(
+    "options, column",
+    [
+        ({"output_format": "parquet", "save_additional_columns": ["jpg"]}, "jpg"),  # the parquet's image column
+        ({"output_format": "parquet", "encode_format": "webp", "bbox_col": "webp"}, "webp"),
+        ({"output_format": "tfrecord", "save_additional_columns": ["txt"]}, "txt"),  # a feature of each Example
+        ({"save_additional_columns": ["__bbox"]}, "__bbox"),  # the private columns the stages read
+        ({"save_additional_columns": ["ok", "__anything"]}, "__anything"),
+    ],
+)
+def test_columns_that_would_clash_in_the_output_are_refused_before_any_work(tmp_path, server, options, column):
+    url_list = write_url_list(
+        [{"url": server.url("/img/64x64.jpg"), "jpg": "a", "webp": "[]", "txt": "t"}], tmp_path / "u.csv", "csv"
+    )
+    with pytest.raises(ConfigError, match=f"may not use the reserved names {column}"):
+        download(str(url_list), input_format="csv", output_folder=str(tmp_path / "out"), **options)
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_a_column_named_like_the_image_extension_is_fine_where_nothing_clashes(tmp_path, server):
+    url_list = write_url_list([{"url": server.url("/img/64x64.jpg"), "jpg": "a"}], tmp_path / "u.csv", "csv")
+    download(
+        str(url_list),
+        input_format="csv",
+        output_format="webdataset",
+        output_folder=str(tmp_path / "out"),
+        save_additional_columns=["jpg"],
+    )
+    assert read_metadata(tmp_path / "out")["jpg"].to_pylist() == ["a"]
+
+
 def test_png_quality_is_a_compression_level_clamped_to_9_and_jpg_quality_is_checked():
     from img2dataset_ng.config import Config
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from ..config import Config
 from ..errors import ConfigError
-from ..sample import CAPTION, CORE_COLUMNS, URL
+from ..sample import CAPTION, CORE_COLUMNS, PRIVATE_PREFIX, URL
 from . import exif, resize
 from .base import Stage, columns_of
 from .fetch import Fetch
@@ -40,14 +40,21 @@ def download_stages(config: Config) -> list[Stage]:
 
 def check_columns(config: Config, stages: Sequence[Stage]) -> None:
     """Fail before any work when two columns of the metadata would have the same name."""
-    additional = config.read.save_additional_columns
-    reserved = sorted(set(additional) & RESERVED_COLUMNS)
+    # bbox_col is kept in the metadata under its own name too
+    bbox = config.read.bbox_col
+    additional = config.read.save_additional_columns + (
+        (bbox,) if bbox and bbox not in config.read.save_additional_columns else ()
+    )
+    writer_columns = config.write.writer.own_columns(config.resize.encode_format.value)
+    reserved = sorted(set(additional) & (RESERVED_COLUMNS | set(writer_columns)))
+    reserved += [name for name in additional if name.startswith(PRIVATE_PREFIX)]
     if reserved:
         raise ConfigError(
-            f"save_additional_columns may not use the reserved names {', '.join(reserved)} "
-            f"(reserved: {', '.join(sorted(RESERVED_COLUMNS))})"
+            f"save_additional_columns and bbox_col may not use the reserved names {', '.join(reserved)} "
+            f"(reserved: {', '.join(sorted(RESERVED_COLUMNS | set(writer_columns)))} "
+            f"and names starting with {PRIVATE_PREFIX})"
         )
-    seen = {*additional, URL, CAPTION, *(f.name for f in CORE_COLUMNS)}
+    seen = {*additional, URL, CAPTION, *(f.name for f in CORE_COLUMNS), *writer_columns}
     for column in columns_of(stages):
         if column.name in seen:
             raise ConfigError(f"a stage adds a column {column.name!r} that the metadata already has")
