@@ -56,7 +56,7 @@ class Sample:
     source: bytes | None = None  # the downloaded bytes, as they came
     data: bytes | None = None  # what is stored: the downloaded bytes, then the resized image
     fields: dict[str, Any] = field(default_factory=dict)  # what stages add: width, exif, sha256, ...
-    # called once when `source` is dropped: gives back the memory budget its bytes were counted in
+    # called once when the downloaded bytes are dropped: gives back the memory budget they were counted in
     release_source: Callable[[], None] | None = None
 
     @property
@@ -64,8 +64,23 @@ class Sample:
         return self.status is Status.SUCCESS
 
     def free_source(self) -> None:
-        """Drop the downloaded bytes (every stage has seen them) and give back their budget."""
+        """Every stage has seen the downloaded bytes: drop them, and give back their budget unless
+        `data` still holds them (stored as downloaded); a failed sample stores nothing, so its
+        `data` goes too."""
+        if not self.ok:
+            self.data = None
+        held = self.data is not None and self.data is self.source
         self.source = None
+        if not held:
+            self._release()
+
+    def free_data(self) -> None:
+        """The writer has the stored bytes: drop them (and the budget of downloaded bytes they are)."""
+        self.data = None
+        if self.source is None:
+            self._release()
+
+    def _release(self) -> None:
         release, self.release_source = self.release_source, None
         if release is not None:
             release()

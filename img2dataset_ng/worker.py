@@ -158,7 +158,7 @@ def in_order(samples: Sequence[Sample], stages: Sequence[Stage], thread_count: i
                 buffered -= _size(sample)
                 lock.notify_all()
             yield sample
-            sample.data = None  # handed on: the stored bytes are the writer's business now
+            sample.free_data()  # handed on: the stored bytes are the writer's business now
     finally:
         with lock:
             stopping = True

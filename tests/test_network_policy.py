@@ -31,7 +31,7 @@ import trustme
 from img2dataset_ng import download
 from img2dataset_ng.budget import Budget
 from img2dataset_ng.config import FetchConfig
-from img2dataset_ng.sample import Sample
+from img2dataset_ng.sample import Sample, Status
 from img2dataset_ng.stages.fetch import Fetch, FetchError
 from img2dataset_ng.stages.network import Policy, category
 from tests.outputs import read_metadata, stored_images, write_url_list
@@ -442,6 +442,7 @@ def test_bodies_are_counted_until_the_sample_drops_them(server):
             stage(sample)
             assert len(sample.source) == size and budget.used == size, path
             sample.free_source()
+            sample.free_data()
             assert budget.used == 0
         for path, reason in (
             ("/lying-length", "incomplete body"),
@@ -452,6 +453,29 @@ def test_bodies_are_counted_until_the_sample_drops_them(server):
         ):
             assert outcome(stage, server.url(path)) == reason
             assert budget.used == 0, path  # a failed body gives back what it took
+    finally:
+        stage.close()
+
+
+@pytest.mark.parametrize("outcome_of_stages", ["resized", "stored as downloaded", "failed"])
+def test_a_body_stays_counted_while_the_sample_still_holds_it(server, outcome_of_stages):
+    """The worker frees the downloaded bytes after the stages and the stored ones once written: a body
+    stored as downloaded (disable_all_reencoding) is counted until it is written, a failed sample's
+    body (which it never stores) is dropped with its counting after the stages."""
+    stage = fresh_fetch((8 << 20) + 5 + len(outcome_of_stages))
+    try:
+        sample = Sample(0, "k", {"url": server.url("/bytes/300000")})
+        stage(sample)
+        if outcome_of_stages == "resized":
+            sample.data = b"a smaller image"
+        elif outcome_of_stages == "failed":
+            sample.fail(Status.FAILED_TO_RESIZE, "unsupported image format")
+        sample.free_source()
+        held = outcome_of_stages == "stored as downloaded"
+        assert stage.budget.used == (300_000 if held else 0)
+        assert (sample.data is None) == (outcome_of_stages == "failed")
+        sample.free_data()
+        assert stage.budget.used == 0 and sample.data is None
     finally:
         stage.close()
 
