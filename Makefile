@@ -54,6 +54,7 @@ bench: install nginx
 	$(LOOPBACK_ONLY) $(PY) bench/reader_rss.py --rows 1000000 10000000
 	$(LOOPBACK_ONLY) $(PY) bench/compare.py --count 2000 --rounds 3
 	$(LOOPBACK_ONLY) $(PY) bench/compare.py --count 2000 --rounds 2 --latency-ms 200
+	$(LOOPBACK_ONLY) $(PY) bench/memory.py
 
 # peak RSS while sharding a 10-million-row parquet, ours vs img2dataset 1.47
 bench-reader: install

@@ -26,6 +26,7 @@ import pytest
 from img2dataset_ng import ConfigError, Stage, download
 from img2dataset_ng.naming import is_ours, partial_name
 from tests.outputs import read_metadata, stored_images, tar_samples, write_url_list
+from tests.test_storage import fetch as copy_from_s3
 from tests.test_storage import s3  # noqa: F401 - the S3 server fixture
 
 PER_SHARD = 6
@@ -200,14 +201,8 @@ def test_a_shard_failing_half_way_leaves_nothing_and_its_retry_gives_the_same_ou
 
 
 def fetch(request, prefix: str, local: Path) -> Path:
-    _, fs = request.getfixturevalue("s3")
-    fs.invalidate_cache()
-    local.mkdir(parents=True)
-    for path in fs.find(prefix):
-        target = local / path[len(prefix) + 1 :]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(fs.cat_file(path))
-    return local
+    """A local copy of an S3 folder of the test server."""
+    return copy_from_s3(request.getfixturevalue("s3")[1], prefix, local)
 
 
 # --- 4. the done marker: written last, atomically, and checked when read ----------------------------
