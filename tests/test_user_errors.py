@@ -142,6 +142,15 @@ def test_help_gives_one_default_per_option():
     assert [b.split()[0] for b in blocks if b.count("(default:") != 1] == []
 
 
+def test_the_user_guide_documents_every_option_in_signature_order():
+    from img2dataset_ng.options import OPTIONS
+
+    guide = (ROOT / "docs" / "user_guide.md").read_text()
+    table = guide.split("## Options", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `(\w+)` \|", table, re.M)
+    assert documented == [option.name for option in OPTIONS]
+
+
 def test_an_empty_url_list_warns_and_does_not_hold_the_folder(tmp_path, server):
     (tmp_path / "empty.txt").write_text("\n")
     result = cli(str(tmp_path / "empty.txt"), "--output_folder", str(tmp_path / "out"))
