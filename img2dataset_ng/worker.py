@@ -165,6 +165,8 @@ def in_order(samples: Sequence[Sample], stages: Sequence[Stage], thread_count: i
             lock.notify_all()
         for thread in threads:  # on failure, let the running samples end (each within its deadline)
             thread.join()
+        for sample in samples:  # on failure, what was never handed on gives its memory budget back
+            sample.free_data()
 
 
 def _size(sample: Sample) -> int:

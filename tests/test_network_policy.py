@@ -28,12 +28,13 @@ from pathlib import Path
 import pytest
 import trustme
 
-from img2dataset_ng import download
+from img2dataset_ng import Stage, download
 from img2dataset_ng.budget import Budget
 from img2dataset_ng.config import FetchConfig
 from img2dataset_ng.sample import Sample, Status
 from img2dataset_ng.stages.fetch import Fetch, FetchError
 from img2dataset_ng.stages.network import Policy, category
+from img2dataset_ng.worker import in_order
 from tests.outputs import read_metadata, stored_images, write_url_list
 from tests.server import ImageServer, make_image
 
@@ -476,6 +477,28 @@ def test_a_body_stays_counted_while_the_sample_still_holds_it(server, outcome_of
         assert (sample.data is None) == (outcome_of_stages == "failed")
         sample.free_data()
         assert stage.budget.used == 0 and sample.data is None
+    finally:
+        stage.close()
+
+
+def test_a_failed_shard_gives_back_the_budget_of_what_it_never_handed_on(server):
+    """Bodies stored as downloaded stay counted until written; a shard that fails before writing them
+    must still give their memory back (the process goes on with other shards)."""
+
+    class CrashOnFourth(Stage):
+        def __call__(self, sample: Sample) -> None:
+            if sample.index == 3:
+                time.sleep(0.3)  # the samples after it finish first and wait to be handed on
+                raise RuntimeError("the shard fails")
+
+    stage = fresh_fetch((8 << 20) + 6)
+    try:
+        samples = [Sample(i, f"k{i}", {"url": server.url("/bytes/100000")}) for i in range(8)]
+        handed_on = []
+        with pytest.raises(RuntimeError, match="the shard fails"):
+            for sample in in_order(samples, [stage, CrashOnFourth()], thread_count=8):
+                handed_on.append(sample.index)
+        assert handed_on == [0, 1, 2] and stage.budget.used == 0
     finally:
         stage.close()
 
