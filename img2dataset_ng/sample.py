@@ -64,23 +64,12 @@ class Sample:
         return self.status is Status.SUCCESS
 
     def free_source(self) -> None:
-        """Every stage has seen the downloaded bytes: drop them, and give back their budget unless
-        `data` still holds them (stored as downloaded); a failed sample stores nothing, so its
-        `data` goes too."""
+        """Every stage has seen the downloaded bytes: drop them and give back their memory budget. A
+        failed sample stores nothing, so its `data` goes too; a stored copy of the bytes (`data`, when
+        stored as downloaded) is the reorder buffer's to bound from here on (see `worker.in_order`)."""
         if not self.ok:
             self.data = None
-        held = self.data is not None and self.data is self.source
         self.source = None
-        if not held:
-            self._release()
-
-    def free_data(self) -> None:
-        """The writer has the stored bytes: drop them (and the budget of downloaded bytes they are)."""
-        self.data = None
-        if self.source is None:
-            self._release()
-
-    def _release(self) -> None:
         release, self.release_source = self.release_source, None
         if release is not None:
             release()

@@ -123,7 +123,7 @@ def in_order(samples: Sequence[Sample], stages: Sequence[Stage], thread_count: i
     done: queue.SimpleQueue[tuple[int, BaseException | None]] = queue.SimpleQueue()
 
     def work() -> None:
-        nonlocal next_start
+        nonlocal next_start, buffered
         while True:
             with lock:
                 while buffered > REORDER_BUDGET and not stopping:
@@ -138,6 +138,8 @@ def in_order(samples: Sequence[Sample], stages: Sequence[Stage], thread_count: i
                 error = raised
             finally:
                 samples[index].free_source()  # every stage has seen the downloaded bytes: free them now
+            with lock:  # counted as soon as it is finished, so that no new sample starts past the budget
+                buffered += _size(samples[index])
             done.put((index, error))
 
     threads = [threading.Thread(target=work, daemon=True, name=f"sample-{i}") for i in range(thread_count)]
@@ -151,22 +153,18 @@ def in_order(samples: Sequence[Sample], stages: Sequence[Stage], thread_count: i
                 if error is not None:
                     raise error
                 waiting[index] = samples[index]
-                with lock:
-                    buffered += _size(samples[index])
             sample = waiting.pop(head)
             with lock:
                 buffered -= _size(sample)
                 lock.notify_all()
             yield sample
-            sample.free_data()  # handed on: the stored bytes are the writer's business now
+            sample.data = None  # handed on: the stored bytes are the writer's business now
     finally:
         with lock:
             stopping = True
             lock.notify_all()
         for thread in threads:  # on failure, let the running samples end (each within its deadline)
             thread.join()
-        for sample in samples:  # on failure, what was never handed on gives its memory budget back
-            sample.free_data()
 
 
 def _size(sample: Sample) -> int:

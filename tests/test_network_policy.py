@@ -28,13 +28,12 @@ from pathlib import Path
 import pytest
 import trustme
 
-from img2dataset_ng import Stage, download
+from img2dataset_ng import Stage, download, worker
 from img2dataset_ng.budget import Budget
 from img2dataset_ng.config import FetchConfig
 from img2dataset_ng.sample import Sample, Status
 from img2dataset_ng.stages.fetch import Fetch, FetchError
 from img2dataset_ng.stages.network import Policy, category
-from img2dataset_ng.worker import in_order
 from tests.outputs import read_metadata, stored_images, write_url_list
 from tests.server import ImageServer, make_image
 
@@ -443,7 +442,6 @@ def test_bodies_are_counted_until_the_sample_drops_them(server):
             stage(sample)
             assert len(sample.source) == size and budget.used == size, path
             sample.free_source()
-            sample.free_data()
             assert budget.used == 0
         for path, reason in (
             ("/lying-length", "incomplete body"),
@@ -459,24 +457,45 @@ def test_bodies_are_counted_until_the_sample_drops_them(server):
 
 
 @pytest.mark.parametrize("outcome_of_stages", ["resized", "stored as downloaded", "failed"])
-def test_a_body_stays_counted_while_the_sample_still_holds_it(server, outcome_of_stages):
-    """The worker frees the downloaded bytes after the stages and the stored ones once written: a body
-    stored as downloaded (disable_all_reencoding) is counted until it is written, a failed sample's
-    body (which it never stores) is dropped with its counting after the stages."""
+def test_a_body_is_given_back_after_the_stages_and_a_failed_sample_drops_it(server, outcome_of_stages):
+    """After the stages the body leaves the budget (a copy stored as downloaded is the reorder buffer's
+    to bound); a failed sample stores nothing, so it drops its body at once instead of holding it until
+    it is written in row order (256 threads of failed 24 MiB bodies once held 12 GB that way)."""
     stage = fresh_fetch((8 << 20) + 5 + len(outcome_of_stages))
     try:
         sample = Sample(0, "k", {"url": server.url("/bytes/300000")})
         stage(sample)
+        assert stage.budget.used == 300_000
         if outcome_of_stages == "resized":
             sample.data = b"a smaller image"
         elif outcome_of_stages == "failed":
             sample.fail(Status.FAILED_TO_RESIZE, "unsupported image format")
         sample.free_source()
-        held = outcome_of_stages == "stored as downloaded"
-        assert stage.budget.used == (300_000 if held else 0)
+        assert stage.budget.used == 0 and sample.source is None
         assert (sample.data is None) == (outcome_of_stages == "failed")
-        sample.free_data()
-        assert stage.budget.used == 0 and sample.data is None
+    finally:
+        stage.close()
+
+
+def test_finished_samples_waiting_for_an_earlier_one_stop_new_ones_from_starting(server, monkeypatch):
+    """The reorder buffer bounds what waits for a slow first sample: once the others (stored as
+    downloaded, 100 KB each) hold more than its 250 KB, no new sample starts, whatever the thread count."""
+    monkeypatch.setattr(worker, "REORDER_BUDGET", 250_000)
+    started = []
+
+    class SlowFirst(Stage):
+        def __call__(self, sample: Sample) -> None:
+            started.append(sample.index)
+            if sample.index == 0:
+                time.sleep(1.0)
+
+    stage = fresh_fetch((8 << 20) + 7)
+    try:
+        samples = [Sample(i, f"k{i}", {"url": server.url("/bytes/100000")}) for i in range(40)]
+        order = iter(worker.in_order(samples, [stage, SlowFirst()], thread_count=16))
+        assert next(order).index == 0
+        assert max(started) <= 17  # the 16 threads' first samples, then 2 more while under the budget
+        assert [sample.index for sample in order] == list(range(1, 40)) and stage.budget.used == 0
     finally:
         stage.close()
 
@@ -496,7 +515,7 @@ def test_a_failed_shard_gives_back_the_budget_of_what_it_never_handed_on(server)
         samples = [Sample(i, f"k{i}", {"url": server.url("/bytes/100000")}) for i in range(8)]
         handed_on = []
         with pytest.raises(RuntimeError, match="the shard fails"):
-            for sample in in_order(samples, [stage, CrashOnFourth()], thread_count=8):
+            for sample in worker.in_order(samples, [stage, CrashOnFourth()], thread_count=8):
                 handed_on.append(sample.index)
         assert handed_on == [0, 1, 2] and stage.budget.used == 0
     finally:
