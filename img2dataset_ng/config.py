@@ -61,6 +61,7 @@ class FetchConfig:
     max_download_bytes: int = default("max_download_bytes")
     public_addresses_only: bool = default("public_addresses_only")
     allow_https_downgrade: bool = default("allow_https_downgrade")
+    resolve: tuple[tuple[str, int, tuple[str, ...]], ...] = default("resolve")  # (host, port, addresses)
     memory_budget: int | None = default("memory_budget")  # bytes per process, None: `budget.memory_budget`
     processes_per_machine: int = 1  # worker processes of a machine, which share its memory
 

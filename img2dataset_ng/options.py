@@ -9,6 +9,7 @@ names the option and what it allows.
 from __future__ import annotations
 
 import inspect
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -151,6 +152,29 @@ def mapping(option: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"{option} must be a dict; got {value!r}")
     return dict(value)
+
+
+def resolve_entries(option: str, value: Any) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
+    """curl's `--resolve` entries, `HOST:PORT:ADDRESS[,ADDRESS...]` (IPv6 in brackets), as
+    `(host, port, addresses)` with the host lowercased."""
+    entries = []
+    for entry in names(option, value):
+        host, _, rest = entry.partition(":")
+        port, _, addresses = rest.partition(":")
+        ips = [a.strip().strip("[]") for a in addresses.split(",")] if addresses else []
+        try:
+            valid = bool(host) and 0 < int(port) < 65536 and bool(ips)
+            for ip in ips:
+                ipaddress.ip_address(ip)
+        except ValueError:
+            valid = False
+        if not valid:
+            raise ConfigError(
+                f"{option} entries must be HOST:PORT:ADDRESS[,ADDRESS...] with an IP address, "
+                f"e.g. 'images.example:443:127.0.0.1'; got {entry!r}"
+            )
+        entries.append((host.lower(), int(port), tuple(ips)))
+    return tuple(entries)
 
 
 def optional(parse: Parse) -> Parse:
@@ -305,6 +329,15 @@ OPTIONS: tuple[Option, ...] = (
         boolean,
     ),
     Option("allow_https_downgrade", bool, False, "follow redirects from https to plain http", boolean),
+    Option(
+        "resolve",
+        list,
+        None,
+        "HOST:PORT:ADDRESS entries used instead of DNS, as curl's --resolve, e.g. '[\"images.example:443:10.0.0.5\"]'; "
+        "the addresses still go through the network policy",
+        resolve_entries,
+        True,
+    ),
     Option(
         "wait_for_lock",
         bool,

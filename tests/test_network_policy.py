@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,9 +29,10 @@ from pathlib import Path
 import pytest
 import trustme
 
-from img2dataset_ng import Stage, download, worker
+from img2dataset_ng import ConfigError, Stage, download, worker
 from img2dataset_ng.budget import Budget
 from img2dataset_ng.config import FetchConfig
+from img2dataset_ng.options import resolve_entries
 from img2dataset_ng.sample import Sample, Status
 from img2dataset_ng.stages.fetch import Fetch, FetchError
 from img2dataset_ng.stages.network import Policy, category
@@ -605,3 +607,53 @@ def test_socket_family_of_ipv6_servers(isolated, fetch):
         assert v6.base.startswith("http://[::1]:")
         assert outcome(fetch, v6.url("/img/16x16.jpg")) is None
         assert socket.has_ipv6
+
+
+# --- resolve: hostnames served from chosen addresses ----------------------------------------------
+
+
+def test_resolve_serves_hostnames_from_chosen_addresses_under_the_policy(sites, server, tmp_path):
+    """`resolve` (curl's --resolve) puts several hostnames on the local servers; what it names still
+    goes through the policy, and names it does not list are resolved as usual."""
+    port, public_port = server.httpd.server_address[1], sites["public"].httpd.server_address[1]
+    rows = [
+        {"url": f"http://images.example:{port}/img/20x20.jpg"},
+        {"url": f"http://IMAGES.Example:{port}/img/30x20.jpg"},  # host names are not case-sensitive
+        {"url": f"http://cdn.example:{public_port}/img/40x20.jpg"},
+        {"url": "http://meta.example/json"},
+        {"url": f"http://unlisted.example:{port}/img/20x20.jpg"},
+    ]
+    url_list = write_url_list(rows, tmp_path / "u.jsonl", "jsonl")
+    download(
+        str(url_list),
+        input_format="jsonl",
+        output_folder=str(tmp_path / "out"),
+        output_format="parquet",
+        resolve=[
+            f"images.example:{port}:127.0.0.1",
+            f"cdn.example:{public_port}:{PUBLIC}",
+            f"meta.example:80:{METADATA}",
+        ],
+        timeout=3,
+    )
+    rows = read_metadata(tmp_path / "out").to_pylist()
+    assert [(r["status"], r["error_message"], r["width"]) for r in rows] == [
+        ("success", None, 256),
+        ("success", None, 256),
+        ("success", None, 256),
+        (DOWNLOAD_FAILS, "address not allowed: cloud metadata", None),
+        (DOWNLOAD_FAILS, "name resolution failed", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    "entry", ["images.example", "images.example:80", "images.example:http:127.0.0.1", "h:80:not-an-ip", ":80:1.2.3.4"]
+)
+def test_a_bad_resolve_entry_fails_before_any_work(tmp_path, entry):
+    with pytest.raises(ConfigError, match=r"resolve entries must be HOST:PORT:ADDRESS.*" + re.escape(repr(entry))):
+        download(str(tmp_path / "u.txt"), output_folder=str(tmp_path / "out"), resolve=[entry])
+    assert not (tmp_path / "out").exists()
+
+
+def test_resolve_entries_take_ipv6_and_several_addresses():
+    assert resolve_entries("resolve", ["A.example:443:[::1],127.0.0.1"]) == (("a.example", 443, ("::1", "127.0.0.1")),)

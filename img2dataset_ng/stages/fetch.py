@@ -89,7 +89,7 @@ class Fetch(Stage):
         self.watchdog = Watchdog()
         self.current = threading.local()  # the guard and route of the request running on each thread
         self.policy = Policy(public_only=config.public_addresses_only)
-        self.resolver = shared_resolver()
+        self.resolver = shared_resolver(config.resolve)
         self.budget: Budget = bodies(config.memory_budget, config.processes_per_machine)
         self.pool = urllib3.PoolManager(
             num_pools=max(64, config.thread_count),

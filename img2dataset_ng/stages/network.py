@@ -294,7 +294,7 @@ class Resolver:
     def resolve(self, host: str, port: int, deadline: float) -> tuple[Address, ...]:
         """The addresses of `host` (never empty), by the time `deadline` passes; raises NetworkError."""
         if self.overrides:
-            overridden = self.overrides.get((host, port))
+            overridden = self.overrides.get((host.lower(), port))
             if overridden:
                 return overridden
         now = time.monotonic()
@@ -389,14 +389,19 @@ def _getaddrinfo(host: str) -> tuple[tuple[Address, ...], NetworkError | None, b
     return addresses, None, False
 
 
-_shared: tuple[int, Resolver] | None = None
+_shared: tuple[int, dict[tuple, Resolver]] | None = None  # (pid, resolvers by their overrides)
 _shared_lock = threading.Lock()
 
 
-def shared_resolver() -> Resolver:
-    """The process's resolver (its cache and threads serve every shard; a forked child makes its own)."""
+def shared_resolver(overrides: Sequence[tuple[str, int, Sequence[str]]] = ()) -> Resolver:
+    """The process's resolver for these `overrides` (`(host, port, addresses)`, the `resolve` option): its
+    cache and threads serve every shard; a forked child makes its own."""
     global _shared
+    key = tuple((host, port, tuple(addresses)) for host, port, addresses in overrides)
     with _shared_lock:
         if _shared is None or _shared[0] != os.getpid():
-            _shared = (os.getpid(), Resolver())
-        return _shared[1]
+            _shared = (os.getpid(), {})
+        resolvers = _shared[1]
+        if key not in resolvers:
+            resolvers[key] = Resolver(overrides={(host, port): addresses for host, port, addresses in key})
+        return resolvers[key]
