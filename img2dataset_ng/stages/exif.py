@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from ..sample import Sample
 from .base import Stage
+from .imageinfo import jpeg_markers
 
 COLUMN = pa.field("exif", pa.string())
 
@@ -37,7 +38,6 @@ MAX_READS = 20_000
 MAX_READ_BYTES = 2 * MAX_EXIF_BYTES
 MAX_SECONDS = 0.5
 
-JPEG_STANDALONE = {0x01, 0xD8, *range(0xD0, 0xD8)}  # markers without a length
 JPEG_LAST_HEADER_MARKERS = {0xDA, 0xD9, 0xDB}  # scan, end of image; exifread stops looking at the first DQT too
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WEBP_EXIF_FLAG = 0x08  # in the VP8X chunk's flags
@@ -133,26 +133,14 @@ def exif_block(data: bytes) -> bytes | None:
 def _jpeg_exif(data: bytes) -> bytes | None:
     """The body after `Exif\\0\\0` of the first APP1 segment that is EXIF, looked for (as exifread
     does) among the segments before the first quantisation table, scan or end of image."""
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
+    for marker, at in jpeg_markers(data):
         if marker in JPEG_LAST_HEADER_MARKERS:
             return None
-        if marker in JPEG_STANDALONE:
-            i += 2
-            continue
-        (length,) = struct.unpack_from(">H", data, i + 2)
-        if length < 2:
-            return None
-        body = data[i + 4 : i + 2 + length]
-        if marker == 0xE1 and body[:4] == b"Exif":
-            return body[6:]
-        i += 2 + length
+        if marker == 0xE1:
+            (length,) = struct.unpack_from(">H", data, at)
+            body = data[at + 2 : at + length]
+            if body[:4] == b"Exif":
+                return body[6:]
     return None
 
 

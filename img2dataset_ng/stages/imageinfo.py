@@ -114,7 +114,7 @@ def _damaged(fmt: str) -> ImageInfo:
 # --- JPEG
 
 
-def _jpeg_markers(data: bytes):
+def jpeg_markers(data: bytes):
     """(marker, offset of its length field) for each marker before the first scan, found as libjpeg's
     `next_marker` does: anything but `FF xx` (xx not 00 or FF) between segments is skipped."""
     i = 2
@@ -142,7 +142,7 @@ def _jpeg_markers(data: bytes):
 
 
 def _jpeg(data: bytes) -> ImageInfo:
-    frames = [at for marker, at in _jpeg_markers(data) if marker in JPEG_SOF]
+    frames = [at for marker, at in jpeg_markers(data) if marker in JPEG_SOF]
     if not frames:
         return _damaged("jpg")
     precision, height, width, components = _unpack(">BHHB", data, frames[0] + 2)
