@@ -47,6 +47,7 @@ setup(
         "tqdm>=4.60",
         "exifread>=3.0",
         "google-crc32c>=1.5",
+        "protego>=0.3",
     ],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["img2dataset-ng=img2dataset_ng.cli:main"]},
