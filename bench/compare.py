@@ -125,7 +125,10 @@ def main() -> None:
                 order = [("img2dataset 1.47", theirs), ("img2dataset-ng", OURS)]
                 for tool, binary in order if round_ % 2 == 0 else order[::-1]:
                     output = work / "out"
-                    run = run_tool(tool, [str(binary), *common, "--output_folder", str(output)], output)
+                    command = [str(binary), *common, "--output_folder", str(output)]
+                    if binary == OURS:  # one local host serves the whole corpus: no per-host cap (see politeness.py)
+                        command += ["--max_host_concurrency", str(args.threads)]
+                    run = run_tool(tool, command, output)
                     runs.append(run)
                     print(
                         f"round {round_ + 1} {tool}: {run.rate:.1f} samples/s, {run.cpu_per_1000:.1f} CPU s/1000, "

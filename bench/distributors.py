@@ -62,6 +62,7 @@ def main() -> None:
                         output_format="webdataset",
                         processes_count=args.processes,
                         thread_count=args.threads,
+                        max_host_concurrency=args.threads,  # one local host serves everything
                         number_sample_per_shard=args.per_shard,
                         distributor=distributor,
                         progress=False,

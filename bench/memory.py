@@ -80,7 +80,7 @@ def main() -> None:
                 command = [str(ensure_img2dataset().parent / "img2dataset"), *common]
                 limit = "none"
             else:
-                command = [str(OURS), *common]
+                command = [str(OURS), *common, "--max_host_concurrency", str(args.threads)]  # one local host
                 if budget_mib:
                     command += ["--memory_budget", str(budget_mib << 20)]
                 budget = memory_budget(budget_mib << 20 if budget_mib else None, 1) >> 20

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -64,6 +64,11 @@ class FetchConfig:
     resolve: tuple[tuple[str, int, tuple[str, ...]], ...] = default("resolve")  # (host, port, addresses)
     memory_budget: int | None = default("memory_budget")  # bytes per process, None: `budget.memory_budget`
     processes_per_machine: int = 1  # worker processes of a machine, which share its memory
+    respect_robots_txt: bool = default("respect_robots_txt")
+    max_host_concurrency: int = default("max_host_concurrency")
+    min_host_interval: float = default("min_host_interval")
+    max_host_rate: float | None = default("max_host_rate")  # requests/s per host for the whole job
+    workers: int = 1  # shards the distributor runs at once, which share max_host_rate
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,7 @@ class RunConfig:
     subjob_size: int = default("subjob_size")
     max_shard_retry: int = default("max_shard_retry")
     incremental_mode: IncrementalMode = default("incremental_mode")
+    retry_failed_reasons: tuple[str, ...] | None = default("retry_failed_reasons")  # None: retry.DEFAULT_REASONS
     tmp_folder: Folder | None = None  # default: `_tmp` in the output folder
     progress: bool | None = default("progress")
     enable_wandb: bool = default("enable_wandb")
@@ -135,6 +141,10 @@ class Config:
     @property
     def key_format(self) -> KeyFormat:
         return KeyFormat(self.read.number_sample_per_shard, self.write.oom_shard_count)
+
+    def with_workers(self, workers: int) -> Config:
+        """This configuration for a job whose distributor runs `workers` shards at once."""
+        return replace(self, fetch=replace(self.fetch, workers=workers))
 
     @classmethod
     def from_options(cls, **options: Any) -> Config:

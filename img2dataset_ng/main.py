@@ -12,7 +12,7 @@ from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
 
-from . import provenance
+from . import provenance, retry
 from .config import Config
 from .distributors.base import DISTRIBUTORS, run_shards
 from .errors import ConfigError, Interrupted
@@ -57,6 +57,7 @@ def run(config: Config) -> Summary:
     check_columns(config, stages)
     for stage in stages:
         stage.close()
+    retry.check(config)
     reader = UrlListReader(config.read)
     reader.check_columns()
 
@@ -117,8 +118,8 @@ def start(config: Config, reader: UrlListReader, start_distributor: Any) -> tupl
     tmp = config.run.tmp_folder
     tmp = folder.child(TMP_FOLDER_NAME) if tmp is None else tmp.child(tmp_folder_name(folder.url))
     with accessing(folder.url, "use output_folder"):
-        first_shard_id, skip = prepare_output(config, reader)
-    sharder = Sharder(reader, config.key_format, tmp, first_shard_id, skip)
+        first_shard_id, skip, redo = prepare_output(config, reader)
+    sharder = Sharder(reader, config.key_format, tmp, first_shard_id, skip, redo)
     summary = Summary(output_folder=folder.url)
     wandb = WandbLogger(config.run.wandb_project, config) if config.run.enable_wandb else None
     distributor = start_distributor(config.run)
@@ -140,9 +141,8 @@ def execute(
 
     start = time.monotonic()
     try:
-        failed = run_shards(
-            distributor, ShardWorker(config), sharder, config.run.max_shard_retry, shard_done, bar.samples_done
-        )
+        worker = ShardWorker(config.with_workers(getattr(distributor, "workers", config.run.processes_count)))
+        failed = run_shards(distributor, worker, sharder, config.run.max_shard_retry, shard_done, bar.samples_done)
     except KeyboardInterrupt:  # finished shards are kept: the same command finishes the job
         summary.duration = time.monotonic() - start
         summary.shards_skipped = sharder.skipped
@@ -154,6 +154,9 @@ def execute(
         if folder.writes_in_place:  # what a killed worker was writing (object stores have no such leftovers)
             with contextlib.suppress(Exception):
                 remove_partials(folder, folder.names())
+        if config.run.incremental_mode is IncrementalMode.RETRY_FAILED:  # what a failed shard staged or committed
+            with contextlib.suppress(Exception):
+                retry.recover(folder, folder.names())
     summary.duration = time.monotonic() - start
     summary.shards_skipped = sharder.skipped
     summary.failed_shards = sorted(shard.shard_id for shard in failed)
@@ -166,11 +169,13 @@ def execute(
     return summary
 
 
-def prepare_output(config: Config, reader: UrlListReader) -> tuple[int, frozenset[int]]:
+def prepare_output(config: Config, reader: UrlListReader) -> tuple[int, frozenset[int], frozenset[int]]:
     """Check the output folder against this run and make it ready; write the run record when it
     changed (a new folder is written to before any work, so a folder that cannot be written to fails
-    here). Returns the first shard id and the shards to skip. Runs under the folder's lock, so
-    every `_partial_` entry is the leftover of a killed run: they go first."""
+    here). Returns the first shard id, the shards to skip and the finished shards to retry (retry_failed).
+    Runs under the folder's lock, so every `_partial_` entry is the leftover of a killed run: they go
+    first; before anything else, the shard rewrites that a killed retry_failed run committed are finished
+    (and the ones it did not commit dropped)."""
     folder, mode = config.write.output_folder, config.run.incremental_mode
     if mode is IncrementalMode.OVERWRITE:
         inputs = (
@@ -184,11 +189,14 @@ def prepare_output(config: Config, reader: UrlListReader) -> tuple[int, frozense
                     "incremental_mode='overwrite' empties: move it out, or choose another output_folder"
                 )
     sizes = folder.sizes()
+    if retry.recover(folder, sizes):
+        sizes = folder.sizes()
     names = sorted(sizes)
     record, earlier = provenance.make_record(config, reader), provenance.read(folder, names)
-    provenance.check(folder, earlier, record, mode, has_shards=highest_shard_id(names) is not None)
+    checked_as = IncrementalMode.INCREMENTAL if mode is IncrementalMode.RETRY_FAILED else mode  # the same shards
+    provenance.check(folder, earlier, record, checked_as, has_shards=highest_shard_id(names) is not None)
     remove_partials(folder, names)
-    first_shard_id, skip = 0, frozenset()
+    first_shard_id, skip, redo = 0, frozenset(), frozenset()
     if mode is IncrementalMode.OVERWRITE:  # only what is ours (not the lock we hold): anything else stays
         ours = (name for name in names if is_ours(name) and not is_lock(name) and not is_partial(name))
         folder.remove(sorted(ours, key=lambda n: not n.endswith(STATS_SUFFIX)))
@@ -197,10 +205,13 @@ def prepare_output(config: Config, reader: UrlListReader) -> tuple[int, frozense
         highest = highest_shard_id(names)
         first_shard_id = 0 if highest is None else highest + 1
     else:
-        skip = done_shards(folder, sizes, config.write.writer.suffixes)
+        done = done_shards(folder, sizes, config.write.writer.suffixes)
+        if mode is IncrementalMode.RETRY_FAILED:
+            redo = retry.shards_to_retry(done, config.run.retry_failed_reasons)
+        skip = frozenset(done) - redo
     folder.makedirs()
     provenance.write(folder, record, earlier)
-    return first_shard_id, skip
+    return first_shard_id, skip, redo
 
 
 def remove_partials(folder: Folder, names: list[str]) -> None:
@@ -208,12 +219,14 @@ def remove_partials(folder: Folder, names: list[str]) -> None:
     folder.remove([name for name in names if is_partial(name)])
 
 
-def done_shards(folder: Folder, sizes: dict[str, int], suffixes: tuple[str, ...]) -> frozenset[int]:
-    """The shards done: those whose stats file is valid and whose output files are all there.
+def done_shards(folder: Folder, sizes: dict[str, int], suffixes: tuple[str, ...]) -> dict[int, dict[str, Any]]:
+    """The shards done, with their stats: those whose stats file is valid and whose output files are all there.
 
     A stats file is valid when it is not empty (the listing gives sizes: no read), parses as JSON and
-    names its own shard; it is read only then, `READ_THREADS` at a time, so that 100k shards on an
-    object store take seconds. Any other shard runs again (its leftovers are replaced), with a warning.
+    names its own shard (img2dataset 1.47's name none); it is read only then, `READ_THREADS` at a time, so
+    that 100k shards on an object store take seconds. Any other shard runs again (its leftovers are
+    replaced), with a warning. A shard being rewritten by retry_failed has no stats file until its
+    commit is finished (`retry.recover` runs first).
     """
     stats = stats_files(sizes)
     candidates = {
@@ -222,8 +235,9 @@ def done_shards(folder: Folder, sizes: dict[str, int], suffixes: tuple[str, ...]
         if sizes[name] > 0 and all(name[: -len(STATS_SUFFIX)] + s in sizes for s in suffixes if s)
     }
     contents = folder.read_many(candidates.values())
-    done = frozenset(shard_id for shard_id, name in candidates.items() if valid_stats(contents[name], shard_id))
-    redo = sorted(set(stats) - done)
+    parsed = {shard_id: read_stats(contents[name], shard_id) for shard_id, name in candidates.items()}
+    done = {shard_id: content for shard_id, content in parsed.items() if content is not None}
+    redo = sorted(set(stats) - set(done))
     if redo:
         shown = ", ".join(stats[shard_id] for shard_id in redo[:5]) + (", ..." if len(redo) > 5 else "")
         logger.warning(
@@ -235,10 +249,13 @@ def done_shards(folder: Folder, sizes: dict[str, int], suffixes: tuple[str, ...]
     return done
 
 
-def valid_stats(data: bytes | None, shard_id: int) -> bool:
-    """Whether `data` is a complete stats file of shard `shard_id`."""
+def read_stats(data: bytes | None, shard_id: int) -> dict[str, Any] | None:
+    """`data` as a complete stats file of shard `shard_id`, else None. img2dataset 1.47's stats files,
+    which do not name their shard, count too: they are written last as ours are."""
     try:
         stats = json.loads(data or b"")
     except ValueError:
-        return False
-    return isinstance(stats, dict) and stats.get("shard_id") == shard_id and isinstance(stats.get("count"), int)
+        return None
+    if not isinstance(stats, dict) or stats.get("shard_id", shard_id) != shard_id:
+        return None
+    return stats if isinstance(stats.get("count"), int) else None

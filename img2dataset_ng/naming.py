@@ -3,8 +3,10 @@
 Output folder entries: `NNNNN` + a writer's suffix (`.tar`, `.parquet`, `.tfrecord`, the `NNNNN/`
 folder), `NNNNN_stats.json` (the completion marker), `_tmp/` (shard inputs waiting for workers),
 `_img2dataset_ng_run.json` (what made the folder), `_img2dataset_ng.lock` (the run that holds the
-folder, and its transient `_img2dataset_ng.lock.*` siblings) and `_partial_*` (a file or folder being
-written, renamed to its final name when complete). Nothing else in it is ours.
+folder, and its transient `_img2dataset_ng.lock.*` siblings), `_partial_*` (a file or folder being
+written, renamed to its final name when complete), and, with incremental_mode="retry_failed",
+`_retry_NNNNN/` (a shard rewritten beside the old one) and `_retry_NNNNN.commit` (the record of its
+moves over the old one: retry.py). Nothing else in it is ours.
 
 Names of things being written start with `_` and end with a random token: shard globs (`*.tar`,
 `*.parquet`, `*.tfrecord`) do not match them, and Spark, pyarrow datasets and Hugging Face skip
@@ -25,6 +27,8 @@ RUN_RECORD = "_img2dataset_ng_run.json"  # what made the folder; `_` keeps Spark
 INPUT_SHARD_SUFFIX = ".feather"
 LOCK_FILE = "_img2dataset_ng.lock"  # who runs in the folder now (lock.py)
 PARTIAL_PREFIX = "_partial_"  # a file or folder being written; renamed when complete
+RETRY_PREFIX = "_retry_"  # retry_failed: a shard's new files, staged; and the record of their moves
+RETRY_RECORD_SUFFIX = ".commit"
 _SHARD_ENTRY = re.compile(r"^(\d+)(?:\.|_stats\.json$|$)")
 
 
@@ -76,6 +80,25 @@ def is_partial(name: str) -> bool:
     return name.startswith(PARTIAL_PREFIX)
 
 
+def retry_staging_name(shard_name: str) -> str:
+    """The folder where retry_failed writes a shard's new files: `_retry_00042/` (holding `00042.tar`, ...)."""
+    return RETRY_PREFIX + shard_name
+
+
+def retry_record_name(shard_name: str) -> str:
+    """The record of the moves that make a staged shard the shard: `_retry_00042.commit`."""
+    return RETRY_PREFIX + shard_name + RETRY_RECORD_SUFFIX
+
+
+def is_retry(name: str) -> bool:
+    """A retry's staging folder or commit record (retry.py)."""
+    return name.startswith(RETRY_PREFIX)
+
+
+def is_retry_record(name: str) -> bool:
+    return is_retry(name) and name.endswith(RETRY_RECORD_SUFFIX)
+
+
 def is_lock(name: str) -> bool:
     """The lock file, or one of the transient files its holder makes next to it."""
     return name == LOCK_FILE or name.startswith(LOCK_FILE + ".")
@@ -94,7 +117,13 @@ def shard_id_of(name: str) -> int | None:
 
 def is_ours(name: str) -> bool:
     """Whether an output folder entry is of our layout (what overwrite may delete)."""
-    return shard_id_of(name) is not None or name in (TMP_FOLDER_NAME, RUN_RECORD) or is_partial(name) or is_lock(name)
+    return (
+        shard_id_of(name) is not None
+        or name in (TMP_FOLDER_NAME, RUN_RECORD)
+        or is_partial(name)
+        or is_lock(name)
+        or is_retry(name)
+    )
 
 
 def stats_files(names: Iterable[str]) -> dict[int, str]:

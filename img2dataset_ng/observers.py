@@ -3,7 +3,8 @@
 - `Progress`: on a terminal (or with progress=True) a tqdm bar with a total, a percentage and an ETA;
   elsewhere (progress=None and stderr not a terminal: nohup, a scheduler, a notebook log), where a
   carriage-return bar is one endless line that shows nothing until the end, INFO log lines instead.
-- `log_failures`: after the summary line, the most frequent failure reasons and where each row's is.
+- `log_failures`: after the summary line, the most frequent failure reasons, where each row's is, and the
+  most throttled hosts.
 - `WandbLogger`: Weights & Biases, imported only when asked for; a missing wandb package is a clear
   error at the start. It works with `WANDB_MODE=offline` (the run lands in `$WANDB_DIR/wandb/offline-run-*`).
 """
@@ -150,27 +151,35 @@ class Progress:
 
 def log_failures(summary: Summary, rows_kept: bool, limit: int = TOP_FAILURES) -> None:
     """Logged after the summary line: the `limit` most frequent failure reasons with their counts, then
-    where each row's reason is (`rows_kept`: the output format writes the NNNNN.parquet files), so that a
-    run that failed more than expected says why without opening any file."""
+    where each row's reason is (`rows_kept`: the output format writes the NNNNN.parquet files), then the
+    most throttled hosts, so that a run that failed or crawled more than expected says why without
+    opening any file."""
     failures = summary.top_failures()
-    if not failures:
-        return
-    failed = sum(n for _, n in failures)
-    logger.info(
-        "top %d of %d failure reason(s), over %d failed sample(s):", min(limit, len(failures)), len(failures), failed
-    )
-    width = len(str(failures[0][1]))
-    for reason, n in failures[:limit]:
-        text = " ".join(reason.split())
-        text = text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
-        logger.info("  %*d  %s", width, n, text)
-    if rows_kept:
+    if failures:
+        failed = sum(n for _, n in failures)
         logger.info(
-            "each row's reason: the status and error_message columns of the NNNNN.parquet files in %s",
-            summary.output_folder,
+            "top %d of %d failure reason(s), over %d failed sample(s):",
+            min(limit, len(failures)),
+            len(failures),
+            failed,
         )
-    else:
-        logger.info("each row's reason is not kept: this output format writes no NNNNN.parquet files")
+        width = len(str(failures[0][1]))
+        for reason, n in failures[:limit]:
+            text = " ".join(reason.split())
+            text = text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
+            logger.info("  %*d  %s", width, n, text)
+        if rows_kept:
+            logger.info(
+                "each row's reason: the status and error_message columns of the NNNNN.parquet files in %s",
+                summary.output_folder,
+            )
+        else:
+            logger.info("each row's reason is not kept: this output format writes no NNNNN.parquet files")
+    throttled = summary.most_throttled(limit)
+    if throttled:
+        logger.info("most throttled host(s): 429/503 answers, seconds held back (the shards' stats files have more):")
+        for host, answers, seconds in throttled:
+            logger.info("  %6d  %8.1fs  %s", answers, seconds, host)
 
 
 SECRET_FIELDS = ("storage_options",)  # may hold credentials: never logged

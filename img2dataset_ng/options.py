@@ -67,6 +67,7 @@ class IncrementalMode(str, Enum):
     INCREMENTAL = "incremental"
     OVERWRITE = "overwrite"
     EXTEND = "extend"
+    RETRY_FAILED = "retry_failed"
 
 
 DEFAULT_DISALLOWED_HEADER_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
@@ -125,6 +126,20 @@ def names(option: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str) or not all(isinstance(name, str) for name in value):
         raise ConfigError(f"{option} must be a list of strings; got {value!r}")
     return tuple(value)
+
+
+def reasons(option: str, value: Any) -> tuple[str, ...] | None:
+    """Statuses or beginnings of error messages (incremental_mode="retry_failed"); None: the defaults."""
+    if value is None:
+        return None
+    chosen = names(option, value) if isinstance(value, (list, tuple)) else ()
+    if not chosen or not all(reason.strip() for reason in chosen) or "success" in chosen:
+        raise ConfigError(
+            f"{option} must be a non-empty list of failure statuses (failed_to_download, failed_to_resize) or "
+            f"beginnings of error messages (e.g. 'HTTP Error 5'), or None for the retryable download failures; "
+            f"got {value!r}"
+        )
+    return chosen
 
 
 def url_list(option: str, value: Any) -> str:
@@ -276,6 +291,15 @@ OPTIONS: tuple[Option, ...] = (
         "max_aspect_ratio", float, float("inf"), "refuse images with a larger max/min side ratio", at_least(1, float)
     ),
     Option("incremental_mode", str, "incremental", _enum_help(IncrementalMode), one_of(IncrementalMode)),
+    Option(
+        "retry_failed_reasons",
+        list,
+        None,
+        "incremental_mode=retry_failed: the rows to retry, by status or by the beginning of their error_message, "
+        'e.g. \'["HTTP Error 5", "timed out"]\'; None means the retryable download failures',
+        reasons,
+        True,
+    ),
     Option("max_shard_retry", int, 1, "rounds of re-running shards that failed as a whole", at_least(0)),
     Option(
         "user_agent_token",
@@ -292,6 +316,37 @@ OPTIONS: tuple[Option, ...] = (
         "X-Robots-Tag directives that refuse an image; None means noai, noimageai, noindex, noimageindex; "
         "'[]' turns the check off",
         directives,
+        True,
+    ),
+    Option(
+        "respect_robots_txt",
+        bool,
+        True,
+        "honour robots.txt (RFC 9309, the group of user_agent_token, img2dataset-ng or img2dataset, else *) and "
+        "the TDM-Rep tdm-reservation header; False behaves as img2dataset 1.47",
+        boolean,
+    ),
+    Option(
+        "max_host_concurrency",
+        int,
+        8,
+        "requests one host gets at once from each worker process (lowered while it answers 429/5xx or times out)",
+        at_least(1),
+    ),
+    Option(
+        "min_host_interval",
+        float,
+        0,
+        "seconds between request starts to one host, per worker process",
+        at_least(0, float),
+    ),
+    Option(
+        "max_host_rate",
+        float,
+        None,
+        "requests per second one host may get from the whole job, shared by the distributor's workers "
+        "(each keeps 1/workers of it); None means no job-wide limit",
+        optional(at_least(0.0001, float)),
         True,
     ),
     Option("ignore_ssl_certificate", bool, False, "skip TLS verification", boolean),

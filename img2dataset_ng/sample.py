@@ -34,6 +34,16 @@ class StageError(Exception):
         self.status = status
 
 
+class Deferred(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a stage that cannot finish a sample now but may later (a throttled host): the sample
+    starts again from the first stage at `at` (a `time.monotonic()` value). Raise it before changing the
+    sample, and count the attempts (`Sample.attempts`) so that it ends."""
+
+    def __init__(self, at: float):
+        super().__init__(at)
+        self.at = at
+
+
 CORE_COLUMNS = (
     pa.field("key", pa.string()),
     pa.field("status", pa.string()),
@@ -58,6 +68,7 @@ class Sample:
     fields: dict[str, Any] = field(default_factory=dict)  # what stages add: width, exif, sha256, ...
     # called once when the downloaded bytes are dropped: gives back the memory budget they were counted in
     release_source: Callable[[], None] | None = None
+    attempts: int = 0  # times a stage deferred it (`Deferred`)
 
     @property
     def ok(self) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from .sample import Sample, Status
 
@@ -66,6 +67,9 @@ class ShardStats:
     counts: StatusCounts = field(default_factory=StatusCounts)
     start_time: float = 0.0
     end_time: float = 0.0
+    # per host: requests, throttled (429/503), backoff_seconds, refusals (opt-outs), given_up (a reason);
+    # the most throttled, then most requested hosts (`politeness.TOP_HOSTS`)
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def duration(self) -> float:
@@ -82,6 +86,7 @@ class ShardStats:
                 "start_time": self.start_time,
                 "end_time": self.end_time,
                 "status_dict": status_dict,
+                "hosts": self.hosts,
             },
             indent=4,
         )
@@ -97,10 +102,20 @@ class Summary:
     failed_shards: list[int] = field(default_factory=list)
     counts: StatusCounts = field(default_factory=StatusCounts)
     duration: float = 0.0
+    throttled: dict[str, tuple[int, float]] = field(default_factory=dict)  # host: (429/503 answers, backoff s)
 
     def add(self, stats: ShardStats) -> None:
         self.shards_done += 1
         self.counts.merge(stats.counts)
+        for host, counts in stats.hosts.items():
+            if counts.get("throttled"):
+                answers, seconds = self.throttled.get(host, (0, 0.0))
+                self.throttled[host] = (answers + counts["throttled"], seconds + counts.get("backoff_seconds", 0.0))
+
+    def most_throttled(self, limit: int | None = None) -> list[tuple[str, int, float]]:
+        """(host, 429/503 answers, seconds it was held back), the most throttled first."""
+        hosts = sorted(self.throttled.items(), key=lambda item: (-item[1][0], item[0]))
+        return [(host, answers, seconds) for host, (answers, seconds) in hosts[:limit]]
 
     @property
     def count(self) -> int:

@@ -223,6 +223,51 @@ class Folder:
         if self.exists():
             self.fs.rm(self.root, recursive=True)
 
+    def has(self, name: str) -> bool:
+        """Whether entry `name` exists now (asked afresh: object stores cache listings)."""
+        self.fs.invalidate_cache(self.path(name))
+        return self.fs.exists(self.path(name))
+
+    def files(self, name: str) -> list[str]:
+        """The files under folder `name` (subfolders included), as paths relative to it; [] when it is missing."""
+        base = self.path(name)
+        self.fs.invalidate_cache(base)
+        if not self.fs.exists(base):
+            return []
+        return sorted(path[len(base) :].lstrip("/") for path in self.fs.find(base))
+
+    def move(self, source: str, target: str) -> None:
+        """Move file `source` over `target` (paths in this folder), replacing it: see `move_many`."""
+        self.move_many([(source, target)])
+
+    def move_many(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Move each file (source, target) over its target (paths in this folder), in any order: a rename
+        where the filesystem has one (atomic on local disk); on object stores, server-side copies (each
+        replaces its object whole, many at once), then the sources deleted. A source that is gone was moved
+        already: moving again does nothing, so interrupted moves are finished by running them again."""
+        pairs = list(pairs)
+        fs = self.fs
+        if isinstance(fs, LocalFileSystem):
+            for source, target in pairs:
+                _move_local(self.path(source), self.path(target))
+            return
+        fs.invalidate_cache(self.root)
+        if self.writes_in_place:  # HDFS, memory, ...: renames
+            for source, target in pairs:
+                if fs.exists(self.path(source)):
+                    _rename(fs, self.path(source), self.path(target), local=False)
+            return
+        if pairs:
+            sources, targets = [self.path(s) for s, _ in pairs], [self.path(t) for _, t in pairs]
+            fs.copy(sources, targets, on_error="ignore")  # ignored: a source that is gone (moved before)
+            fs.rm(sources)
+
+
+def _move_local(source: str, target: str) -> None:
+    if os.path.exists(source):
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(source, target)
+
 
 def _token() -> str:
     return uuid.uuid4().hex[:12]

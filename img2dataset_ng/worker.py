@@ -5,10 +5,14 @@ writer are made inside the worker for each shard, whichever distributor runs it.
 shard becomes one `Sample` and one metadata row, success or failure alike; the shard's stats file
 is its last write and marks it as done.
 
-Samples finish in any order on `thread_count` threads but reach the writer in row order, so the
-same input gives byte-identical shards. Finished samples wait for the ones before them in a
-buffer; past `REORDER_BUDGET` bytes no new sample is started until the oldest one is handed on
-(it is always running already, so it ends within its own deadline).
+Samples start in the order the fetch stage's per-host scheduler allows (`stages/politeness.py`),
+finish in any order on `thread_count` threads, but reach the writer in row order, so the same
+input gives byte-identical shards. Finished samples wait for the ones before them in a buffer;
+past `REORDER_BUDGET` bytes only the oldest sample not handed on may start (it is running, or
+waiting for its host, so it ends within its deadline and backoffs).
+
+A retry of a finished shard (incremental_mode="retry_failed") runs only its selected rows through the
+stages; `retry.RetryShard` carries the others from the old shard, stages the writer's output and commits it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import math
 import queue
 import threading
 import time
@@ -26,9 +31,11 @@ from .config import Config
 from .distributors.base import Report
 from .naming import shard_file, stats_file
 from .reader import Shard
-from .sample import INPUT_ERROR, Sample, Status, metadata_schema
+from .retry import RetryShard
+from .sample import INPUT_ERROR, Deferred, Sample, Status, metadata_schema
 from .stages.base import Stage, columns_of, run_stages
 from .stages.pipeline import download_stages
+from .stages.politeness import HostScheduler
 from .stats import ShardStats
 
 logger = logging.getLogger(__name__)
@@ -72,8 +79,10 @@ class ShardWorker:
         config = self.config
         stats = ShardStats(shard.shard_id, start_time=time.time())
         shard_name = config.key_format.shard_name(shard.shard_id)
-        folder = config.write.output_folder
         writer_class = config.write.writer
+        # retry_failed: a finished shard is written again beside the old one, then moved over it (retry.py)
+        retry = RetryShard(config, shard_name) if shard.retry else None
+        folder = config.write.output_folder if retry is None else retry.staging
         # what an interrupted attempt may have left; the stats file first
         folder.remove([stats_file(shard_name), *(shard_file(shard_name, s) for s in writer_class.suffixes)])
         folder.makedirs()  # a worker may run where the driver did not make it (a node-local path)
@@ -86,60 +95,82 @@ class ShardWorker:
         for sample in samples:  # rows the reader could not read fail before any stage
             if sample.row.get(INPUT_ERROR) is not None:
                 sample.fail(Status.FAILED_TO_DOWNLOAD, sample.row[INPUT_ERROR])
+        to_run = samples if retry is None else retry.plan(samples)  # a retry's other rows are carried as they were
         stages = download_stages(config)
+        scheduler = next((s for s in (stage.scheduler(to_run) for stage in stages) if s is not None), None)
         try:
             schema = metadata_schema(table.schema, columns_of(stages))
             image_format = config.resize.encode_format.value
             reported = (0, 0)  # (samples, successes) that `report` has been told of
             next_report = time.monotonic() + REPORT_EVERY
             with writer_class(folder, shard_name, schema, image_format) as writer:
-                for sample in in_order(samples, stages, config.fetch.thread_count):
+                finished = in_order(to_run, stages, config.fetch.thread_count, scheduler)
+                for sample in finished if retry is None else retry.merge(finished):
                     writer.write(sample)
                     stats.counts.add(sample)
-                    if report is not None and (time.monotonic() >= next_report or sample.index == len(samples) - 1):
+                    if report is not None and (time.monotonic() >= next_report or stats.counts.count == len(samples)):
                         done = (stats.counts.count, stats.counts.successes)
                         report(done[0] - reported[0], done[1] - reported[1])
                         reported, next_report = done, time.monotonic() + REPORT_EVERY
         finally:
             for stage in stages:
                 stage.close()
+        if scheduler is not None:
+            stats.hosts = scheduler.host_stats()
 
         stats.end_time = time.time()
         folder.write(stats_file(shard_name), stats.to_json().encode("utf-8"))
+        if retry is not None:
+            retry.commit()
         return stats
 
 
-def in_order(samples: Sequence[Sample], stages: Sequence[Stage], thread_count: int) -> Iterator[Sample]:
+def in_order(
+    samples: Sequence[Sample], stages: Sequence[Stage], thread_count: int, scheduler: HostScheduler | None = None
+) -> Iterator[Sample]:
     """The samples, each taken through the stages on one of `thread_count` threads, in index order.
 
-    A sample's downloaded bytes are dropped when its stages are done, its stored bytes once the
-    consumer asks for the next sample.
+    `scheduler` decides which sample a free thread starts (the fetch stage's per-host politeness);
+    without one, they start in index order. A sample whose stage raises `Deferred` goes back to the
+    scheduler and starts again from the first stage when it is due. A sample's downloaded bytes are
+    dropped when its stages are done, its stored bytes once the consumer asks for the next sample.
     """
     thread_count = max(1, min(thread_count, len(samples)))
-    lock = threading.Condition()
-    next_start = 0  # the next sample a thread may start
+    scheduler = scheduler or HostScheduler([None] * len(samples))
+    lock = scheduler.lock
+    head = 0  # the next sample the consumer needs: past the reorder budget, only it may start
     buffered = 0  # bytes of finished samples waiting for an earlier one
     stopping = False
     done: queue.SimpleQueue[tuple[int, BaseException | None]] = queue.SimpleQueue()
 
+    def next_index() -> int | None:
+        with lock:
+            while not stopping and scheduler.unfinished:
+                index = scheduler.take(math.inf if buffered <= REORDER_BUDGET else head)
+                if index is not None:
+                    return index
+                lock.wait(scheduler.wait_time())
+            return None
+
     def work() -> None:
-        nonlocal next_start, buffered
-        while True:
-            with lock:
-                while buffered > REORDER_BUDGET and not stopping:
-                    lock.wait()
-                if stopping or next_start >= len(samples):
-                    return
-                index, next_start = next_start, next_start + 1
+        nonlocal buffered
+        while (index := next_index()) is not None:
+            sample = samples[index]
             try:
-                run_stages(stages, samples[index])
+                run_stages(stages, sample)
                 error = None
+            except Deferred as deferred:  # tried again later, from the first stage
+                with lock:
+                    scheduler.defer(index, deferred.at)
+                    lock.notify_all()
+                continue
             except BaseException as raised:  # noqa: BLE001 - re-raised in the shard's thread
                 error = raised
-            finally:
-                samples[index].free_source()  # every stage has seen the downloaded bytes: free them now
+            sample.free_source()  # every stage has seen the downloaded bytes: free them now
             with lock:  # counted as soon as it is finished, so that no new sample starts past the budget
-                buffered += _size(samples[index])
+                buffered += _size(sample)
+                scheduler.finished(index)
+                lock.notify_all()
             done.put((index, error))
 
     threads = [threading.Thread(target=work, daemon=True, name=f"sample-{i}") for i in range(thread_count)]
@@ -147,13 +178,16 @@ def in_order(samples: Sequence[Sample], stages: Sequence[Stage], thread_count: i
         thread.start()
     waiting: dict[int, Sample] = {}
     try:
-        for head in range(len(samples)):
-            while head not in waiting:
+        for next_out in range(len(samples)):
+            with lock:
+                head = next_out
+                lock.notify_all()
+            while next_out not in waiting:
                 index, error = done.get()
                 if error is not None:
                     raise error
                 waiting[index] = samples[index]
-            sample = waiting.pop(head)
+            sample = waiting.pop(next_out)
             with lock:
                 buffered -= _size(sample)
                 lock.notify_all()

@@ -100,7 +100,7 @@ def outcome(fetch: Fetch, url: str) -> str | None:
 
 @pytest.fixture
 def fetch():
-    stage = Fetch(FetchConfig(timeout=2, thread_count=4))
+    stage = Fetch(FetchConfig(respect_robots_txt=False, timeout=2, thread_count=4))
     yield stage
     stage.close()
 
@@ -227,7 +227,7 @@ def test_a_public_site_cannot_redirect_inside(sites, server, fetch):
 def test_a_reused_connection_is_checked_again(sites, server):
     """A keep-alive connection to this machine, opened for a url given directly, does not serve a
     redirect from a public site to it."""
-    stage = Fetch(FetchConfig(timeout=2, thread_count=1))
+    stage = Fetch(FetchConfig(respect_robots_txt=False, timeout=2, thread_count=1))
     try:
         assert outcome(stage, server.url("/img/11x11.jpg")) is None
         connections, before = server.connections, server.hits.get("/img/12x12.jpg", 0)
@@ -242,7 +242,7 @@ def test_a_reused_connection_is_checked_again(sites, server):
 
 
 def test_public_addresses_only(sites, server):
-    stage = Fetch(FetchConfig(timeout=2, thread_count=4, public_addresses_only=True))
+    stage = Fetch(FetchConfig(respect_robots_txt=False, timeout=2, thread_count=4, public_addresses_only=True))
     port = server.httpd.server_address[1]
     cases = {
         server.url("/img/10x10.jpg"): "address not allowed: loopback",
@@ -269,7 +269,11 @@ def test_https_to_http_redirects_are_refused_unless_allowed(server):
         downgrade = to(tls_server, server.url("/img/13x13.jpg"))
         upgrade = to(server, tls_server.url("/img/13x13.jpg"))
         for allow, expected in ((False, "https to http redirect refused"), (True, None)):
-            stage = Fetch(FetchConfig(timeout=2, ignore_ssl_certificate=True, allow_https_downgrade=allow))
+            stage = Fetch(
+                FetchConfig(
+                    respect_robots_txt=False, timeout=2, ignore_ssl_certificate=True, allow_https_downgrade=allow
+                )
+            )
             try:
                 assert outcome(stage, downgrade) == expected
                 assert outcome(stage, upgrade) is None
@@ -319,7 +323,7 @@ def test_a_resolver_that_never_answers_costs_one_deadline(isolated, tmp_path):
             blackhole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             blackhole.bind(("127.0.0.1", 53))  # receives the queries, never answers
 
-            stage = Fetch(FetchConfig(timeout=2))
+            stage = Fetch(FetchConfig(respect_robots_txt=False, timeout=2))
             start = time.monotonic()
             try:
                 stage.fetch("http://never-answers.test/a.jpg")
@@ -381,7 +385,7 @@ def test_one_resolution_per_hop_so_rebinding_cannot_switch_the_address(isolated,
         inside = ImageServer(host="127.0.0.1", port=port).__enter__()
 
         def fetch(url, **options):
-            stage = Fetch(FetchConfig(timeout=2, **options))
+            stage = Fetch(FetchConfig(respect_robots_txt=False, timeout=2, **options))
             stage.resolver = Resolver(ttl=0)  # every hop asks the DNS server again
             try:
                 stage.fetch(url)
@@ -429,7 +433,9 @@ def test_resolution_is_cached(isolated, fetch, server):
 def fresh_fetch(budget_bytes: int, **options) -> Fetch:
     """A Fetch whose process-wide body budget is `budget_bytes` (a size no other test uses: a budget of
     its own)."""
-    config = FetchConfig(timeout=options.pop("timeout", 2), memory_budget=2 * budget_bytes, **options)
+    config = FetchConfig(
+        respect_robots_txt=False, timeout=options.pop("timeout", 2), memory_budget=2 * budget_bytes, **options
+    )
     stage = Fetch(config)
     assert stage.budget.capacity == budget_bytes and stage.budget.used == 0
     return stage

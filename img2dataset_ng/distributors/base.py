@@ -28,6 +28,8 @@ R = TypeVar("R")
 
 class Distributor(Protocol):
     reports_progress: bool  # whether `map` forwards the running shards' reports to `on_progress`
+    # optional: how many shards run at once (they share max_host_rate); processes_count when absent
+    # workers: int
 
     def map(
         self, fn: ShardFn, shards: Iterable[S], on_progress: Report | None = None

@@ -96,7 +96,7 @@ class MultiprocessingDistributor:
     reports_progress = True
 
     def __init__(self, processes_count: int):
-        self.processes_count = processes_count
+        self.processes_count = self.workers = processes_count
         self.context = multiprocessing.get_context("spawn")
         self.idle: list[_Worker] = []
 

@@ -46,6 +46,11 @@ class RayDistributor:
         self.processes_count = processes_count
 
     @property
+    def workers(self) -> int:
+        """Shards that run at once: one task per CPU of the cluster (as it is when the run starts)."""
+        return max(1, int(ray.cluster_resources().get("CPU", self.processes_count)))
+
+    @property
     def window(self) -> int:
         """Shards in flight: twice the cluster's CPUs, read again as shards finish (nodes may join)."""
         return max(1, 2 * int(ray.cluster_resources().get("CPU", self.processes_count)))

@@ -53,6 +53,11 @@ class SparkDistributor:
         self.subjob_size = subjob_size
 
     @property
+    def workers(self) -> int:
+        """Shards that run at once: one task per executor core (as the cluster is when the run starts)."""
+        return max(1, self.session.sparkContext.defaultParallelism)
+
+    @property
     def window(self) -> int:
         """Shards in flight; read again as shards finish, since executors may still be joining."""
         return max(1, min(self.subjob_size, 2 * self.session.sparkContext.defaultParallelism))

@@ -27,6 +27,7 @@ class Shard:
     folder: Folder
     file_name: str
     row_count: int
+    retry: bool = False  # incremental_mode="retry_failed": a finished shard whose failed rows run again (retry.py)
 
     def read(self) -> pa.Table:
         with self.folder.open(self.file_name) as f:
@@ -37,7 +38,8 @@ class Sharder:
     """Cuts the reader's rows into shards and writes each to a small arrow file.
 
     Shard ids count up from `first_shard_id` across the files in sorted order; each file starts a
-    new shard. Shards in `skip` are counted but not written (they are done already).
+    new shard. Shards in `skip` are counted but not written (they are done already); shards in `retry`
+    are handed out marked as retries of a finished shard.
     """
 
     def __init__(
@@ -47,12 +49,14 @@ class Sharder:
         tmp_folder: Folder,
         first_shard_id: int = 0,
         skip: frozenset[int] = frozenset(),
+        retry: frozenset[int] = frozenset(),
     ):
         self.reader = reader
         self.key_format = key_format
         self.tmp_folder = tmp_folder
         self.first_shard_id = first_shard_id
         self.skip = skip
+        self.retry = retry
         self.skipped = 0
         # told (shards, rows) to do, skipped shards left out, as soon as known: from the parquet footers
         # before any row is read, otherwise counted, when the last shard is handed out
@@ -127,4 +131,4 @@ class Sharder:
         folder.makedirs()
         with folder.open(file_name, "wb") as f:
             feather.write_feather(rows.combine_chunks(), f, compression="uncompressed")
-        return Shard(shard_id, folder, file_name, rows.num_rows)
+        return Shard(shard_id, folder, file_name, rows.num_rows, shard_id in self.retry)

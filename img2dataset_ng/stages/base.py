@@ -13,12 +13,15 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
 from ..registry import Registry
 from ..sample import Sample, StageError, Status
+
+if TYPE_CHECKING:
+    from .politeness import HostScheduler
 
 
 class Stage(ABC):
@@ -32,6 +35,11 @@ class Stage(ABC):
 
     @abstractmethod
     def __call__(self, sample: Sample) -> None: ...
+
+    def scheduler(self, samples: Sequence[Sample]) -> HostScheduler | None:
+        """A stage that decides when samples may start (the fetch stage's per-host politeness) returns
+        a scheduler for this shard's samples; the worker uses the first one it gets."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional: most stages hold nothing
         """The shard is over: release connections, pools, models."""

@@ -28,15 +28,35 @@ from ..storage import AtomicFile, Folder
 logger = logging.getLogger(__name__)
 
 
+class StoredImages(ABC):
+    """The stored images of a finished shard, read back by key (incremental_mode="retry_failed" carries them
+    into the rewritten shard); read when asked for, so that a shard's images are never all in memory."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The stored image of the sample `key`; KeyError when the shard holds none."""
+
+    def close(self) -> None:  # noqa: B027 - optional: most hold an open file
+        """Release the files read."""
+
+
 class ShardWriter(ABC):
     # what the writer makes in the output folder, as suffixes of the shard name (`.tar`, or "" for
     # a folder named like the shard): removed before the shard is run again
     suffixes: ClassVar[tuple[str, ...]] = ()
+    # whether `stored_images` reads a finished shard's images back; with the metadata rows of `NNNNN.parquet`
+    # that is what incremental_mode="retry_failed" needs to rewrite a shard
+    reads_back: ClassVar[bool] = False
 
     @classmethod
     def own_columns(cls, image_format: str) -> tuple[str, ...]:
         """Columns the writer adds next to the metadata ones (checked against them before any work)."""
         return ()
+
+    @classmethod
+    def stored_images(cls, folder: Folder, shard_name: str, image_format: str) -> StoredImages:
+        """The images of the finished shard `shard_name` in `folder`, by key (only when `reads_back`)."""
+        raise NotImplementedError(f"{cls.__name__} cannot read its shards back")
 
     def __init__(self, folder: Folder, shard_name: str, schema: pa.Schema, image_format: str):
         """`schema`: the metadata columns; `image_format`: the stored images' extension (`jpg`)."""

@@ -1,17 +1,19 @@
 """output_format="webdataset": `NNNNN.tar` with `KEY.jpg`, `KEY.txt` (with captions) and `KEY.json`
-for each success, adjacent per sample; every row in `NNNNN.parquet`."""
+for each success, adjacent per sample; every row in `NNNNN.parquet`. `TarImages` reads a finished
+tar's images back (ours, or img2dataset 1.47's, whose members are in the order downloads finished)."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import tarfile
+from typing import IO, Any
 
 import pyarrow as pa
 
 from ..naming import sample_file, shard_file
 from ..sample import CAPTION, Sample
 from ..storage import Folder
-from .base import ImagesAndMetadataWriter
+from .base import ImagesAndMetadataWriter, StoredImages
 from .codecs.tar import tar_end, tar_member
 
 
@@ -23,8 +25,35 @@ def caption_text(record: dict[str, Any]) -> bytes:
     return str(record[CAPTION] or "").encode("utf-8")
 
 
+class TarImages(StoredImages):
+    """The `KEY.{image_format}` members of a tar, indexed from their headers (the data is read when asked for)."""
+
+    def __init__(self, file: IO[bytes], image_format: str):
+        self.file = file
+        self.tar = tarfile.open(fileobj=file, mode="r:")  # noqa: SIM115 - closed in close()
+        self.members: dict[str, tarfile.TarInfo] = {}
+        for member in self.tar:
+            key, _, extension = member.name.rpartition("/")[2].partition(".")
+            if extension == image_format and member.isfile():
+                self.members[key] = member
+
+    def get(self, key: str) -> bytes:
+        data = self.tar.extractfile(self.members[key])
+        assert data is not None  # a regular file's
+        return data.read()
+
+    def close(self) -> None:
+        self.tar.close()
+        self.file.close()
+
+
 class WebDatasetWriter(ImagesAndMetadataWriter):
     suffixes = (".tar", ".parquet")
+    reads_back = True
+
+    @classmethod
+    def stored_images(cls, folder: Folder, shard_name: str, image_format: str) -> StoredImages:
+        return TarImages(folder.open(shard_file(shard_name, ".tar")), image_format)
 
     def __init__(self, folder: Folder, shard_name: str, schema: pa.Schema, image_format: str):
         super().__init__(folder, shard_name, schema, image_format)

@@ -250,3 +250,60 @@ def sample_example(record: dict[str, Any], image: bytes, image_feature: str) -> 
         if name not in features:
             features[name] = feature_of(value)
     return encode_example(features)
+
+
+# ------------------------------------------------------------------------- tf.train.Example decoding
+# only what reading a shard back needs (incremental_mode="retry_failed"): the bytes_list features by name
+
+
+def _read_varint(data: memoryview, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+
+
+def _message_fields(data: memoryview) -> Iterator[tuple[int, int, Any]]:
+    """(field number, wire type, value) of a protobuf message: a varint's value, a length-delimited field's
+    bytes (a view); fixed-size fields are skipped."""
+    position = 0
+    while position < len(data):
+        tag, position = _read_varint(data, position)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, position = _read_varint(data, position)
+        elif wire == 2:
+            length, position = _read_varint(data, position)
+            if position + length > len(data):
+                raise TFRecordError("truncated protobuf field")
+            value, position = data[position : position + length], position + length
+        elif wire in (1, 5):
+            position += 8 if wire == 1 else 4
+            continue
+        else:
+            raise TFRecordError(f"unsupported protobuf wire type {wire}")
+        yield number, wire, value
+
+
+def _delimited(data: memoryview, field: int) -> Iterator[memoryview]:
+    return (value for number, wire, value in _message_fields(data) if number == field and wire == 2)
+
+
+def bytes_features(example: bytes, names: Iterable[str]) -> dict[str, list[bytes]]:
+    """The bytes_list features of a serialized `tf.train.Example` that are among `names` (others are skipped)."""
+    wanted, out = set(names), {}
+    try:
+        for features in _delimited(memoryview(example), 1):
+            for entry in _delimited(features, 1):  # a map entry: key = 1, value = 2
+                fields = {number: value for number, wire, value in _message_fields(entry) if wire == 2}
+                name = bytes(fields.get(1, b"")).decode("utf-8", "replace")
+                if name in wanted and 2 in fields:
+                    for values in _delimited(fields[2], 1):  # Feature.bytes_list
+                        out[name] = [bytes(value) for value in _delimited(values, 1)]
+    except IndexError:
+        raise TFRecordError("truncated protobuf message") from None
+    return out
