@@ -55,6 +55,8 @@ bench: install nginx
 	$(LOOPBACK_ONLY) $(PY) bench/compare.py --count 2000 --rounds 3
 	$(LOOPBACK_ONLY) $(PY) bench/compare.py --count 2000 --rounds 2 --latency-ms 200
 	$(LOOPBACK_ONLY) $(PY) bench/memory.py
+	$(LOOPBACK_ONLY) $(PY) bench/politeness.py --count 5000 --rounds 3
+	$(LOOPBACK_ONLY) $(PY) bench/politeness.py --count 5000 --rounds 1 --throttled-share 0.2 --rate 20
 
 # peak RSS while sharding a 10-million-row parquet, ours vs img2dataset 1.47
 bench-reader: install
