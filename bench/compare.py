@@ -20,8 +20,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -158,12 +160,16 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
             f"{statistics.median(r.cpu_per_1000 for r in tool_runs):.1f} | "
             f"{max(r.peak_rss_mib for r in tool_runs):.0f} |"
         )
+    print_ratio(by_tool, lambda run: run.rate, "ours/theirs samples/s")
+
+
+def print_ratio(by_tool: dict[str, list], metric: Callable[[Any], float], label: str) -> None:
+    """The median ratio of ours to img2dataset 1.47 over the rounds (they alternate), and each round's."""
     ours, theirs = by_tool.get("img2dataset-ng", []), by_tool.get("img2dataset 1.47", [])
     if ours and theirs:
-        ratios = [o.rate / t.rate for o, t in zip(ours, theirs)]
+        ratios = [metric(o) / metric(t) for o, t in zip(ours, theirs)]
         print(
-            f"\nours/theirs samples/s: median {statistics.median(ratios):.2f}x "
-            f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})"
+            f"\n{label}: median {statistics.median(ratios):.2f}x (per round: {', '.join(f'{r:.2f}' for r in ratios)})"
         )
 
 

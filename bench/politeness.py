@@ -54,6 +54,7 @@ import pyarrow.parquet as pq
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
+from compare import print_ratio  # noqa: E402
 from corpus import photo  # noqa: E402
 from reader_rss import CHILD_ENV, ensure_img2dataset  # noqa: E402
 
@@ -395,13 +396,7 @@ def report(runs: list[Run], args: argparse.Namespace, throttled: str, ours: str)
             f"{median(lambda r: r.rate_unthrottled):.1f} | {median(lambda r: r.wall):.1f} | "
             f"{median(lambda r: 100 * r.server_cpu / r.wall):.0f} |"
         )
-    ours, theirs = by_tool.get("img2dataset-ng", []), by_tool.get("img2dataset 1.47", [])
-    if ours and theirs:
-        ratios = [o.rate_unthrottled / t.rate_unthrottled for o, t in zip(ours, theirs)]
-        print(
-            f"\nours/1.47 successes/s on the unthrottled hosts: median {statistics.median(ratios):.2f}x "
-            f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})"
-        )
+    print_ratio(by_tool, lambda run: run.rate_unthrottled, "ours/1.47 successes/s on the unthrottled hosts")
 
 
 if __name__ == "__main__":

@@ -289,10 +289,12 @@ class Fetch(Stage):
                     body = response.read(MAX_ROBOTS_BYTES) if 200 <= response.status < 300 else b""
                     if self.current.guard.expired:  # cut by the watchdog: what was read is not the file
                         raise FetchError("timed out", retryable=True, outcome=Outcome.OVERLOADED)
+                    if body and len(body) < MAX_ROBOTS_BYTES:  # read to its end: the image may use the connection
+                        response.release_conn()
                     return RobotsAnswer(response.status, body)
                 url = self._redirect(url, location)
             finally:
-                response.close()  # the rest of a long robots.txt is not read: the connection is not reused
+                response.close()  # a connection with unread bytes (a long robots.txt) is not reused
         return RobotsAnswer(399)  # too many redirects: RFC 9309 takes it as unavailable (allowed)
 
     def _redirect(self, url: str, location: str) -> str:
