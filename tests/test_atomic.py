@@ -145,15 +145,17 @@ class CrashOnce(Stage):
             raise RuntimeError("stage bug in the middle of shard 1")
 
 
+# shards run in the test's process: a stage's failure takes the same path under every distributor (and
+# the killed-process cases above use real worker processes), without spawning one per download
+IN_PROCESS = {"distributor": "tests.outputs:InProcessDistributor", "stages": ["tests.test_atomic:CrashOnce"]}
+
+
 def run_with_crash(tmp_path, monkeypatch, urls, output, output_format, retries, storage_options=None):
     marker = tmp_path / f"crash-{time.monotonic_ns()}"
     marker.touch()
     monkeypatch.setenv("IMG2DATASET_TEST_CRASH_MARKER", str(marker))
     extra = {"storage_options": storage_options} if storage_options else {}
-    return download(
-        str(urls),
-        **options(output, output_format, stages=["tests.test_atomic:CrashOnce"], max_shard_retry=retries, **extra),
-    )
+    return download(str(urls), **options(output, output_format, max_shard_retry=retries, **IN_PROCESS, **extra))
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -164,7 +166,7 @@ def test_a_shard_failing_half_way_leaves_nothing_and_its_retry_gives_the_same_ou
     urls = url_list(tmp_path, server, 3 * PER_SHARD)
     monkeypatch.setenv("IMG2DATASET_TEST_CRASH_MARKER", str(tmp_path / "no-marker"))
     reference = tmp_path / "reference"
-    download(str(urls), **options(str(reference), output_format, stages=["tests.test_atomic:CrashOnce"]))
+    download(str(urls), **options(str(reference), output_format, **IN_PROCESS))
     if where == "s3":
         endpoint, fs = request.getfixturevalue("s3")
         prefix = f"img2dataset-ng-tests/atomic-{output_format}-{time.monotonic_ns()}"
@@ -182,10 +184,7 @@ def test_a_shard_failing_half_way_leaves_nothing_and_its_retry_gives_the_same_ou
     again = download(
         str(urls),
         **options(
-            output,
-            output_format,
-            stages=["tests.test_atomic:CrashOnce"],
-            **({"storage_options": storage_options} if storage_options else {}),
+            output, output_format, **IN_PROCESS, **({"storage_options": storage_options} if storage_options else {})
         ),
     )
     assert (again.shards_done, again.shards_skipped) == (1, 2)
