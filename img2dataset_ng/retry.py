@@ -60,7 +60,6 @@ DEFAULT_REASONS = (
     "HTTP Error 5",  # any 5xx, also a host given up on after a long Retry-After
     "robots.txt unreachable",
     "robots.txt timed out",
-    "timed out waiting for memory",
     # img2dataset 1.47's spellings of the same failures: str() of what urllib, http.client and socket raise
     # (its HTTP errors and bare time-outs, "HTTP Error 503: ..." and "timed out", are matched above)
     "<urlopen error timed out>",  # connecting timed out

@@ -468,5 +468,5 @@ def _as_fetch_error(error: BaseException, guard: Guard) -> FetchError:
 
 def _network_error(error: NetworkError) -> FetchError:
     """A refusal of the network policy (nothing learnt about the host), or a name that does not resolve."""
-    unresolved = error.message.startswith("name resolution")
-    return FetchError(error.message, error.retryable, outcome=Outcome.UNREACHABLE if unresolved else Outcome.NEUTRAL)
+    outcome = Outcome.UNREACHABLE if error.unresolved else Outcome.NEUTRAL
+    return FetchError(error.message, error.retryable, outcome=outcome)

@@ -68,15 +68,22 @@ MAX_ADDRESSES = 4  # addresses of one name tried in turn before giving up on con
 
 
 class NetworkError(Exception):
-    """A hop refused by the policy, or a name that did not resolve: `message` is the row's reason.
+    """A hop refused by the policy, or a name that did not resolve (`unresolved`): `message` is the row's
+    reason.
 
     Not an OSError, so that urllib3 lets it through unchanged from inside a connection.
     """
 
-    def __init__(self, message: str, retryable: bool = False):
+    def __init__(self, message: str, retryable: bool = False, unresolved: bool = False):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+        self.unresolved = unresolved
+
+
+def unresolved(message: str) -> NetworkError:
+    """A name that did not resolve (now: a later attempt may succeed)."""
+    return NetworkError(message, retryable=True, unresolved=True)
 
 
 class Address(NamedTuple):
@@ -303,7 +310,7 @@ class Resolver:
             cached = self._literal(host) or self._lookup(host, now, deadline)
         answer = cached[1]
         if isinstance(answer, NetworkError):
-            raise NetworkError(answer.message, answer.retryable)
+            raise NetworkError(answer.message, answer.retryable, answer.unresolved)
         return answer
 
     def _literal(self, host: str) -> tuple[float, tuple[Address, ...]] | None:
@@ -325,14 +332,14 @@ class Resolver:
             else:
                 lookup.deadline = max(lookup.deadline, deadline)
         if not lookup.done.wait(max(0.0, deadline - now)):
-            raise NetworkError("name resolution timed out", retryable=True)
+            raise unresolved("name resolution timed out")
         return (0.0, lookup.error or lookup.addresses)
 
     def _run(self, lookup: _Lookup) -> None:
         """On a resolver thread: answer `lookup` (unless all its waiters gave up), cache, wake the waiters."""
         expiry = 0.0
         if time.monotonic() >= lookup.deadline:
-            lookup.error = NetworkError("name resolution timed out", retryable=True)
+            lookup.error = unresolved("name resolution timed out")
         else:
             lookup.addresses, lookup.error, keep = _getaddrinfo(lookup.host)
             expiry = time.monotonic() + (self.ttl if lookup.error is None else self.negative_ttl if keep else 0.0)
@@ -379,13 +386,13 @@ def _getaddrinfo(host: str) -> tuple[tuple[Address, ...], NetworkError | None, b
         ips = dict.fromkeys(info[4][0] for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6))
         addresses = literal_addresses(ips)
     except socket.gaierror as error:
-        return (), NetworkError("name resolution failed", retryable=True), error.errno in _DEFINITE_FAILURES
+        return (), unresolved("name resolution failed"), error.errno in _DEFINITE_FAILURES
     except (UnicodeError, ValueError):
         return (), NetworkError("invalid url"), True
     except OSError:
-        return (), NetworkError("name resolution failed", retryable=True), False
+        return (), unresolved("name resolution failed"), False
     if not addresses:
-        return (), NetworkError("name resolution failed", retryable=True), True
+        return (), unresolved("name resolution failed"), True
     return addresses, None, False
 
 

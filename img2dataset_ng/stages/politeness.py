@@ -89,8 +89,7 @@ class _Host:
     next_start: float = 0.0
     throttles: int = 0  # 429/503 in a row
     failures: int = 0  # connection-level failures in a row
-    reason: str | None = None  # the last connection-level failure
-    decreased: float = -math.inf  # when the limit last halved: requests started before do not halve it again
+    reacted: float = -math.inf  # when it was last slowed down: requests started before do not slow it again
     pace: float = 0.0  # learnt seconds between request starts (429/503 answers raise it)
     scheduled: bool = False  # in the ready heap or the timer heap
     stats: HostStats = field(default_factory=HostStats)
@@ -305,16 +304,15 @@ class HostScheduler:
             return
         if outcome is Outcome.UNREACHABLE:
             host.failures += 1
-            host.reason = reason
             if host.failures >= GIVE_UP_AFTER and stats.given_up is None:
                 stats.given_up = reason
             return
         # the answers to requests that were all in flight together are one signal, not several: only a
         # request started after the last reaction makes the host slower again
-        new_round = started is not None and started >= host.decreased
+        new_round = started is not None and started >= host.reacted
         if new_round and outcome in (Outcome.THROTTLED, Outcome.OVERLOADED):
             host.limit = max(1.0, host.limit / 2)
-            host.decreased = now
+            host.reacted = now
         if outcome is Outcome.THROTTLED:
             stats.throttled += 1
             if new_round:
