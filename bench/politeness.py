@@ -74,6 +74,7 @@ class Run:
     successes: int
     throttled_successes: int
     span_unthrottled: float  # first request seen -> last response of an unthrottled host
+    span_throttled: float  # first request seen -> last response of the throttled host
     peak_host: str
     peak_max: int
     peak_throttled: int
@@ -248,6 +249,7 @@ def server_view(server: ImageServer, throttled: str) -> dict:
         "sent_429": sum(s.throttled for s in stats.values()),
         "requests": sum(s.requests for s in stats.values()),
         "span_unthrottled": last - first,
+        "span_throttled": stats[throttled].last_end - first if throttled in stats else 0.0,
     }
 
 
@@ -299,6 +301,7 @@ def describe(run: Run, round_: int) -> str:
     return (
         f"round {round_} {run.tool}: {run.successes} successes ({run.throttled_successes} on the throttled host) "
         f"in {run.wall:.1f} s = {run.rate:.1f}/s; unthrottled {run.rate_unthrottled:.1f}/s; "
+        f"last response: unthrottled hosts {run.span_unthrottled:.1f} s, throttled host {run.span_throttled:.1f} s; "
         f"peak per host {run.peak_max} ({run.peak_host}), throttled host {run.peak_throttled}; "
         f"{run.sent_429} x 429 of {run.requests} requests; server CPU {run.server_cpu:.1f} s "
         f"({100 * run.server_cpu / run.wall:.0f}% of a core), tool CPU {run.tool_cpu:.0f} s; "

@@ -24,7 +24,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .config import Config
@@ -40,7 +40,9 @@ from .stats import ShardStats
 
 logger = logging.getLogger(__name__)
 REPORT_EVERY = 0.5  # seconds between progress reports of a running shard
-REORDER_BUDGET = 64 * 1024 * 1024  # bytes of finished samples that may wait for an earlier one
+IDLE_CHECK = 0.25  # seconds between looks at whether a shard only waits for hosts that back off
+REORDER_BUDGET = 64 * 1024 * 1024  # bytes of finished samples that may wait for an earlier one, per process
+IDLE_THREADS = 4  # threads an idle shard keeps (the others end when they find nothing to start)
 M_ARENA_MAX = -8  # a mallopt parameter, from glibc's malloc.h
 
 
@@ -104,7 +106,8 @@ class ShardWorker:
             reported = (0, 0)  # (samples, successes) that `report` has been told of
             next_report = time.monotonic() + REPORT_EVERY
             with writer_class(folder, shard_name, schema, image_format) as writer:
-                finished = in_order(to_run, stages, config.fetch.thread_count, scheduler)
+                idle = getattr(report, "idle", None)  # a distributor that may start another shard beside this one
+                finished = in_order(to_run, stages, config.fetch.thread_count, scheduler, idle)
                 for sample in finished if retry is None else retry.merge(finished):
                     writer.write(sample)
                     stats.counts.add(sample)
@@ -125,8 +128,27 @@ class ShardWorker:
         return stats
 
 
+class _Reordering:
+    """Bytes of finished samples waiting for an earlier one, over every shard of the process."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.bytes = 0
+
+    def add(self, size: int) -> None:
+        with self.lock:
+            self.bytes += size
+
+
+REORDERING = _Reordering()  # the process's
+
+
 def in_order(
-    samples: Sequence[Sample], stages: Sequence[Stage], thread_count: int, scheduler: HostScheduler | None = None
+    samples: Sequence[Sample],
+    stages: Sequence[Stage],
+    thread_count: int,
+    scheduler: HostScheduler | None = None,
+    on_idle: Callable[[], None] | None = None,
 ) -> Iterator[Sample]:
     """The samples, each taken through the stages on one of `thread_count` threads, in index order.
 
@@ -134,26 +156,42 @@ def in_order(
     without one, they start in index order. A sample whose stage raises `Deferred` goes back to the
     scheduler and starts again from the first stage when it is due. A sample's downloaded bytes are
     dropped when its stages are done, its stored bytes once the consumer asks for the next sample.
+
+    `on_idle()` is called once, when most threads have nothing to do and every sample still to start
+    waits for a host that pushed back: the shard's end is the politeness's business, and the process
+    may start another shard beside it (their hosts' slots are shared: `politeness.HostTable`); from
+    then on, threads that find nothing to start end, down to `IDLE_THREADS`. The reorder budget is the
+    process's (`REORDERING`): shards running side by side share it, and each may always start its head.
     """
     thread_count = max(1, min(thread_count, len(samples)))
     scheduler = scheduler or HostScheduler([None] * len(samples))
     lock = scheduler.lock
     head = 0  # the next sample the consumer needs: past the reorder budget, only it may start
-    buffered = 0  # bytes of finished samples waiting for an earlier one
+    buffered = 0  # bytes of this shard's finished samples waiting for an earlier one (in REORDERING too)
+    running = 0  # samples on a thread
+    alive = thread_count
+    shedding = False  # idle: threads with nothing to start end
     stopping = False
     done: queue.SimpleQueue[tuple[int, BaseException | None]] = queue.SimpleQueue()
 
     def next_index() -> int | None:
+        nonlocal running, alive
         with lock:
             while not stopping and scheduler.unfinished:
-                index = scheduler.take(math.inf if buffered <= REORDER_BUDGET else head)
+                within = REORDERING.bytes <= REORDER_BUDGET
+                index = scheduler.take(math.inf if within else head)
                 if index is not None:
+                    running += 1
                     return index
-                lock.wait(scheduler.wait_time())
+                if shedding and alive > IDLE_THREADS:
+                    break
+                wait = scheduler.wait_time()
+                lock.wait(wait if within else min(wait or IDLE_CHECK, IDLE_CHECK))  # another shard may free it
+            alive -= 1
             return None
 
     def work() -> None:
-        nonlocal buffered
+        nonlocal buffered, running
         while (index := next_index()) is not None:
             sample = samples[index]
             try:
@@ -161,6 +199,7 @@ def in_order(
                 error = None
             except Deferred as deferred:  # tried again later, from the first stage
                 with lock:
+                    running -= 1
                     scheduler.defer(index, deferred.at)
                     lock.notify_all()
                 continue
@@ -169,6 +208,8 @@ def in_order(
             sample.free_source()  # every stage has seen the downloaded bytes: free them now
             with lock:  # counted as soon as it is finished, so that no new sample starts past the budget
                 buffered += _size(sample)
+                REORDERING.add(_size(sample))
+                running -= 1
                 scheduler.finished(index)
                 lock.notify_all()
             done.put((index, error))
@@ -177,19 +218,33 @@ def in_order(
     for thread in threads:
         thread.start()
     waiting: dict[int, Sample] = {}
+    next_check = time.monotonic() + IDLE_CHECK
     try:
         for next_out in range(len(samples)):
             with lock:
                 head = next_out
                 lock.notify_all()
             while next_out not in waiting:
-                index, error = done.get()
+                try:
+                    index, error = done.get(timeout=None if on_idle is None else IDLE_CHECK)
+                except queue.Empty:
+                    index = None
+                if on_idle is not None and time.monotonic() >= next_check:
+                    next_check = time.monotonic() + IDLE_CHECK
+                    with lock:
+                        shedding = running < thread_count / 2 and scheduler.waiting_on_throttled()
+                    if shedding:
+                        on_idle()
+                        on_idle = None
+                if index is None:
+                    continue
                 if error is not None:
                     raise error
                 waiting[index] = samples[index]
             sample = waiting.pop(next_out)
             with lock:
                 buffered -= _size(sample)
+                REORDERING.add(-_size(sample))
                 lock.notify_all()
             yield sample
             sample.data = None  # handed on: the stored bytes are the writer's business now
@@ -199,6 +254,7 @@ def in_order(
             lock.notify_all()
         for thread in threads:  # on failure, let the running samples end (each within its deadline)
             thread.join()
+        REORDERING.add(-buffered)  # what a failed shard never handed on
 
 
 def _size(sample: Sample) -> int:

@@ -75,6 +75,38 @@ def test_without_retry_rounds_failures_are_reported(tmp_path):
     assert sorted(failed) == [0, 2, 4] and sorted(results) == [10, 30, 50]
 
 
+@dataclass(frozen=True)
+class IdleWork:
+    """Shard 0 says it is idle and waits for shard 1 to have run beside it; each writes when it ran."""
+
+    marker_dir: str
+
+    def __call__(self, shard: int, report) -> tuple[int, float, float]:
+        start = time.monotonic()
+        if shard == 0:
+            report.idle()
+            deadline = start + 30
+            while not (Path(self.marker_dir) / "1").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        else:
+            time.sleep(0.5)
+        (Path(self.marker_dir) / str(shard)).touch()
+        return os.getpid(), start, time.monotonic()
+
+
+def test_a_process_runs_the_next_shard_beside_one_that_is_idle_and_only_one_at_work(tmp_path):
+    results: list[tuple[int, float, float]] = []
+    distributor = MultiprocessingDistributor(1)
+    try:
+        assert run_shards(distributor, IdleWork(str(tmp_path)), range(3), 0, results.append) == []
+    finally:
+        distributor.close()
+    (pid0, start0, end0), (pid1, start1, end1), (pid2, start2, _) = sorted(results, key=lambda r: r[1])
+    assert pid0 == pid1 == pid2  # one process
+    assert start1 < end0 and end1 <= end0  # shard 1 ran while shard 0 was idle
+    assert start2 >= end1  # shard 2 waited for shard 1, which was at work (shard 0 idle beside it)
+
+
 def test_progress_bar_shows_shards_samples_rate_and_success(tmp_path, server, capsys):
     url_list = write_url_list(
         [{"url": server.url("/img/40x30.jpg")}, {"url": server.url("/status/404")}] * 3, tmp_path / "u.csv", "csv"

@@ -76,6 +76,29 @@ def test_a_slow_host_does_not_hold_back_the_others(hosts_server, tmp_path):
     assert fast_stats.last_end < slow_stats.last_end - 0.6  # fast finished while slow still had rows
 
 
+def test_a_process_starts_its_next_shard_while_a_throttled_host_holds_the_last_one(hosts_server, tmp_path):
+    server = hosts_server
+    server.configure_host("slow.test", throttle=Throttle(rate=2, retry_after=1), delay=0.05)
+    slow, a, b = images(server, "slow.test", 10), images(server, "a.test", 20), images(server, "b.test", 30)
+    urls = slow + a + b  # shard 0: slow's 10 and a's 20; shard 1: b's 30
+    _, rows = run(
+        server,
+        tmp_path,
+        urls,
+        ["slow.test", "a.test", "b.test"],
+        processes_count=1,
+        number_sample_per_shard=30,
+        retries=6,
+        max_host_concurrency=4,
+    )
+    assert [rows[u]["status"] for u in urls] == ["success"] * len(urls)
+    assert server.throttled("slow.test") > 0 and server.peak("slow.test") <= 4
+    slow_seen, b_seen = server.host_stats("slow.test"), server.host_stats("b.test")
+    assert slow_seen.last_end - slow_seen.first_start >= 3.0  # 10 urls at 2/s
+    assert b_seen.last_end < slow_seen.last_end - 1.0  # shard 1 ran, and ended, beside shard 0's tail
+    assert [rows[u]["key"] for u in urls] == [f"{s:05d}{i:02d}" for s in (0, 1) for i in range(30)]
+
+
 def test_min_host_interval_spaces_request_starts(hosts_server, tmp_path):
     server = hosts_server
     start = time.monotonic()

@@ -6,17 +6,23 @@ Real downloads through it, against a server playing several hosts, are in test_h
 from __future__ import annotations
 
 import math
+import threading
+import time
 
 import pytest
 
+from img2dataset_ng import worker
+from img2dataset_ng.sample import Sample
+from img2dataset_ng.stages.base import Stage
 from img2dataset_ng.stages.politeness import (
     FIRST_PACE,
     GIVE_UP_AFTER,
     MAX_BACKOFF,
     MAX_PACE,
     PACE_RELEASE,
-    HostMemory,
+    PACE_STEP,
     HostScheduler,
+    HostTable,
     Outcome,
 )
 
@@ -35,6 +41,10 @@ def drain(scheduler: HostScheduler) -> list[int]:
     while (index := scheduler.take()) is not None:
         taken.append(index)
     return taken
+
+
+def samples(count: int) -> list[Sample]:
+    return [Sample(i, f"k{i}", {}) for i in range(count)]
 
 
 def test_a_host_never_gets_more_than_the_cap_and_busy_hosts_are_skipped():
@@ -110,6 +120,23 @@ def test_a_throttled_host_gets_a_pace_that_successes_wear_down():
     assert all(b < a for a, b in zip(gaps, gaps[1:]))
 
 
+def test_a_long_pace_comes_back_in_seconds_not_in_hundreds_of_successes():
+    clock = Clock()
+    scheduler = HostScheduler(["a"] * 100, cap=8, clock=clock)
+    slot = scheduler._hosts["a"].slot
+    slot.pace = 6.4  # after seven 429s in a row
+    elapsed = 0.0
+    while slot.pace > 3.2:
+        index = scheduler.take()
+        scheduler.release(index, Outcome.SUCCESS)
+        clock.now += scheduler.wait_time()
+        elapsed += slot.pace
+    assert 10 < elapsed < 20  # halved in about 14 s of successes (5% per second), not 140 successes
+    slot.pace = PACE_STEP / 2  # a fast host's pace shrinks per success
+    scheduler.release(scheduler.take(), Outcome.SUCCESS)
+    assert slot.pace == pytest.approx(PACE_STEP / 2 * PACE_RELEASE)
+
+
 def test_the_limit_halves_once_per_round_and_grows_back_on_successes():
     clock = Clock()
     scheduler = HostScheduler(["a"] * 400, cap=8, clock=clock)
@@ -141,28 +168,54 @@ def test_answers_to_requests_in_flight_together_count_once():
     clock.now += 0.1
     for index in burst:  # eight 429s to eight requests in flight together: one signal
         scheduler.release(index, Outcome.THROTTLED)
-    host = scheduler._hosts["a"]
-    assert (host.limit, host.throttles, host.pace) == (4.0, 1, FIRST_PACE)
+    slot = scheduler._hosts["a"].slot
+    assert (slot.limit, slot.throttles, slot.pace) == (4.0, 1, FIRST_PACE)
     assert scheduler.host_stats()["a"]["throttled"] == 8
     assert scheduler.wait_time() <= 1.0  # the first backoff of a series, not the eighth
 
 
 def test_the_next_shard_starts_from_what_the_last_one_learnt():
-    clock, memory = Clock(), HostMemory(size=2)
-    first = HostScheduler(["slow"] * 8 + ["fine"] * 2, cap=8, clock=clock, memory=memory)
+    clock, table = Clock(), HostTable(size=2)
+    first = HostScheduler(["slow"] * 8 + ["fine"] * 2, cap=8, clock=clock, table=table)
     burst = drain(first)
     clock.now += 0.1
     for index in burst:
         first.release(index, Outcome.THROTTLED if index < 8 else Outcome.SUCCESS, retry_after=2.0)
-    first.remember()
-    assert list(memory.hosts) == ["slow"]  # only hosts that pushed back
-    second = HostScheduler(["slow"] * 8 + ["fine"] * 8, cap=8, clock=clock, memory=memory)
+        first.finished(index)
+    first.close()
+    assert list(table.slots) == ["slow"]  # only hosts that pushed back stay when no shard uses them
+    second = HostScheduler(["slow"] * 8 + ["fine"] * 8, cap=8, clock=clock, table=table)
     assert drain(second) == list(range(8, 16))  # slow is still backing off; fine is not held back
     clock.now += 2.5
     assert len(drain(second)) == 1  # then its pace spaces the starts, at a limit of 4
-    assert (second._hosts["slow"].limit, second._hosts["slow"].pace) == (4.0, FIRST_PACE)
-    memory.keep({"a": (1.0, 0.0, 0.0), "b": (1.0, 0.0, 0.0)})
-    assert list(memory.hosts) == ["a", "b"]  # bounded: the least recently kept went
+    assert (second._hosts["slow"].slot.limit, second._hosts["slow"].slot.pace) == (4.0, FIRST_PACE)
+    second.close()
+    for name in ("a", "b"):
+        throttled = HostScheduler([name], cap=8, clock=clock, table=table)
+        throttled.release(throttled.take(), Outcome.THROTTLED)
+        throttled.close()
+    assert list(table.slots) == ["a", "b"]  # bounded: the least recently used went
+
+
+def test_shards_running_at_once_in_a_process_share_each_hosts_cap():
+    clock, table = Clock(), HostTable()
+    first = HostScheduler(["a"] * 4 + ["b"], cap=3, clock=clock, table=table)
+    second = HostScheduler(["a"] * 4 + ["c"], cap=3, clock=clock, table=table)
+    assert drain(first) == [0, 1, 2, 4]
+    assert drain(second) == [4]  # a's three slots are the first shard's: the second goes on with c
+    first.release(0, Outcome.SUCCESS)
+    assert drain(second) == [0]  # a release in one shard wakes the other's waiting host
+    assert drain(first) == []
+    second.release(0, Outcome.THROTTLED, retry_after=5.0)
+    first.release(1, Outcome.SUCCESS)
+    assert drain(first) == [] and drain(second) == []  # one shard's 429 holds the host back for both
+    assert first.wait_time() == pytest.approx(second.wait_time()) and first.wait_time() >= 5.0
+    assert second.waiting_on_throttled() and not HostScheduler(["d"], cap=3, table=table).waiting_on_throttled()
+    clock.now += 6
+    assert len(drain(first)) + len(drain(second)) == 1  # limit halved to 1 after the 429, for both
+    first.close()
+    second.close()
+    assert table.slots["a"].shards == 0 and "b" not in table.slots and "c" not in table.slots
 
 
 def test_a_host_that_cannot_be_reached_is_given_up_and_its_other_samples_fail_at_once():
@@ -216,3 +269,53 @@ def test_minimum_interval_between_starts_per_host():
     assert scheduler.wait_time() == pytest.approx(1.5)
     clock.now += 1.5
     assert drain(scheduler) == [1, 4]
+
+
+class Record(Stage):
+    """Stores 100 kB per sample and notes which thread ran it, when; sample 0 of a shard may be slow."""
+
+    def __init__(self, slow_first: float = 0.0, each: float = 0.0) -> None:
+        self.slow_first, self.each = slow_first, each
+        self.runs: list[tuple[int, str, float]] = []
+        self.lock = threading.Lock()
+        self.running = self.peak = 0
+
+    def __call__(self, sample: Sample) -> None:
+        with self.lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            self.runs.append((sample.index, threading.current_thread().name, time.monotonic()))
+        time.sleep(self.slow_first if sample.index == 0 else self.each)
+        sample.data = b"x" * 100_000
+        with self.lock:
+            self.running -= 1
+
+
+def test_an_idle_shard_says_so_once_and_keeps_few_threads():
+    scheduler = HostScheduler(["slow"] * 14, cap=2, table=HostTable())
+    with scheduler.lock:  # the host already answered 429: one request at a time, paced
+        scheduler.release(scheduler.take(), Outcome.THROTTLED, retry_after=0.1)
+        scheduler.defer(0, 0.0)
+    idle: list[float] = []
+    stage = Record(each=0.08)
+    out = [s.index for s in worker.in_order(samples(14), [stage], 16, scheduler, lambda: idle.append(time.monotonic()))]
+    assert out == list(range(14)) and len(idle) == 1
+    after = {name for _, name, started in stage.runs if started > idle[0] + 0.1}
+    assert len(stage.runs) - len([r for r in stage.runs if r[2] <= idle[0] + 0.1]) >= 4  # work went on after
+    assert 1 <= len(after) <= worker.IDLE_THREADS
+
+
+def test_shards_side_by_side_share_the_reorder_budget(monkeypatch):
+    monkeypatch.setattr(worker, "REORDER_BUDGET", 250_000)
+    table = HostTable()
+    first_stage, second_stage = Record(slow_first=1.5), Record(each=0.05)
+    first = worker.in_order(samples(20), [first_stage], 8, HostScheduler([None] * 20, table=table))
+    handed_on = []
+    consumer = threading.Thread(target=lambda: handed_on.extend(s.index for s in first))
+    consumer.start()
+    time.sleep(0.5)  # the first shard's head is slow: the samples after it hold more than the budget
+    second = [s.index for s in worker.in_order(samples(6), [second_stage], 8, HostScheduler([None] * 6, table=table))]
+    consumer.join()
+    assert second == list(range(6)) and handed_on == list(range(20))
+    assert second_stage.peak == 1  # past the process's budget, the second shard only starts its head
+    assert worker.REORDERING.bytes == 0

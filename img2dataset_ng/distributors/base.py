@@ -3,7 +3,9 @@
 A distributor maps a picklable callable `fn(shard, report)` over an iterable of shards and yields,
 in completion order, each shard with its result or the exception it raised. `report(samples,
 successes)` is how a running shard tells the progress bar about finished samples; a distributor
-forwards it to `on_progress` in the driver where it can. `run_shards` (shared by every
+forwards it to `on_progress` in the driver where it can. A `report` may also have an `idle()` method,
+which the shard worker calls once when its shard only waits for hosts that back off: a distributor that
+gives it one may start another shard in the same process (`local.py` does). `run_shards` (shared by every
 distributor) re-runs failed shards `max_shard_retry` times, so resume, stats and retry semantics
 cannot drift between backends.
 """

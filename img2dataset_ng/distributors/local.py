@@ -1,20 +1,25 @@
-"""distributor="multiprocessing": spawned worker processes on this machine, one shard each at a time."""
+"""distributor="multiprocessing": spawned worker processes on this machine, one shard each at a time
+(and the next beside it while the first only waits for throttled hosts)."""
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
+import os
 import signal
+import threading
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as connection_wait
 from typing import Any, TypeVar
 
 from ..config import RunConfig
-from .base import Report, ShardFn, fill
+from .base import Report, ShardFn
 
 S = TypeVar("S")
 R = TypeVar("R")
+_END = object()
 
 
 class WorkerDied(RuntimeError):
@@ -37,16 +42,52 @@ class ShardError(RuntimeError):
     """A shard raised in a worker process; the message carries the worker's traceback."""
 
 
-PROGRESS, DONE = "progress", "done"
+PROGRESS, IDLE, DONE = "progress", "idle", "done"
+SHARDS_PER_PROCESS = 8  # at once in a process: one at work, the others waiting only for hosts that back off
+
+
+class _Report:
+    """What a shard running in a worker process tells the parent: progress, and when it is idle."""
+
+    def __init__(self, send: Callable[[tuple[Any, ...]], None], token: int):
+        self.send, self.token = send, token
+
+    def __call__(self, samples: int, successes: int) -> None:
+        self.send((PROGRESS, samples, successes))
+
+    def idle(self) -> None:
+        """The shard waits only for hosts that back off: the process may start another one beside it."""
+        self.send((IDLE, self.token))
+
+
+def _run_shard(send: Callable[[tuple[Any, ...]], None], token: int, fn: ShardFn, shard: Any) -> None:
+    try:
+        outcome: tuple[Any, ...] = (DONE, token, True, fn(shard, _Report(send, token)))
+    except Exception:  # noqa: BLE001 - reported to the parent as the shard's failure
+        outcome = (DONE, token, False, ShardError(traceback.format_exc()))
+    try:
+        send(outcome)
+    except Exception:  # noqa: BLE001 - a result that cannot be sent (not picklable) fails the shard
+        try:
+            send((DONE, token, False, ShardError(traceback.format_exc())))
+        except Exception:  # noqa: BLE001 - the pipe itself is broken: the parent sees the process die
+            os._exit(1)
 
 
 def _worker_loop(conn: Connection) -> None:
-    """Runs in each worker process: receive (fn, shard); send progress messages, then the outcome.
+    """Runs in each worker process: receive (token, fn, shard) tasks, run each on a thread of its own
+    (a second one comes only when the first is idle), send progress messages and each one's outcome.
 
     Ctrl-C reaches every process of the terminal's group: the parent alone handles it (and ends
     the workers), so the workers ignore it rather than each printing a traceback.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sending = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with sending:
+            conn.send(message)
+
     while True:
         try:
             task = conn.recv()
@@ -54,16 +95,7 @@ def _worker_loop(conn: Connection) -> None:
             return
         if task is None:
             return
-        fn, shard = task
-
-        def report(samples: int, successes: int) -> None:
-            conn.send((PROGRESS, samples, successes))
-
-        try:
-            outcome: tuple[str, Any, Any] = (DONE, True, fn(shard, report))
-        except Exception:  # noqa: BLE001 - reported to the parent as the shard's failure
-            outcome = (DONE, False, ShardError(traceback.format_exc()))
-        conn.send(outcome)
+        threading.Thread(target=_run_shard, args=(send, *task), daemon=True, name=f"shard-{task[0]}").start()
 
 
 class _Worker:
@@ -72,7 +104,12 @@ class _Worker:
         self.process = context.Process(target=_worker_loop, args=(child,), daemon=True, name="img2dataset-ng-worker")
         self.process.start()
         child.close()
-        self.shard: Any = None
+        self.shards: dict[int, Any] = {}  # token -> shard, running here
+        self.idle: set[int] = set()  # tokens of the shards that only wait for hosts
+
+    def has_room(self) -> bool:
+        """No shard at all, or fewer than SHARDS_PER_PROCESS and all of them idle."""
+        return len(self.shards) < SHARDS_PER_PROCESS and len(self.idle) == len(self.shards)
 
     def stop(self, timeout: float = 5.0) -> None:
         try:
@@ -87,9 +124,10 @@ class _Worker:
 
 
 class MultiprocessingDistributor:
-    """`processes_count` spawned processes, one shard each at a time.
+    """`processes_count` spawned processes, each running one shard at a time, and the next one beside it
+    when the first only waits for hosts that back off (a throttled host's urls at its end).
 
-    Each process is watched: one that dies (killed, out of memory) fails exactly the shard it
+    Each process is watched: one that dies (killed, out of memory) fails exactly the shards it
     held, with `WorkerDied`, and is replaced; nothing waits forever on a dead process.
     """
 
@@ -98,7 +136,7 @@ class MultiprocessingDistributor:
     def __init__(self, processes_count: int):
         self.processes_count = self.workers = processes_count
         self.context = multiprocessing.get_context("spawn")
-        self.idle: list[_Worker] = []
+        self.pool: list[_Worker] = []
 
     @classmethod
     def from_config(cls, config: RunConfig) -> MultiprocessingDistributor:
@@ -108,17 +146,19 @@ class MultiprocessingDistributor:
         self, fn: ShardFn, shards: Iterable[S], on_progress: Report | None = None
     ) -> Iterator[tuple[S, R | BaseException]]:
         source = iter(shards)
-        busy: dict[_Worker, S] = {}
-
-        def submit(shard: S) -> _Worker:
-            worker = self.idle.pop() if self.idle else _Worker(self.context)
-            worker.conn.send((fn, shard))
-            return worker
-
+        tokens = itertools.count()
         more = True
         try:
-            while busy or more:
-                more = more and fill(source, busy, self.processes_count, submit)
+            while True:
+                while more and (worker := self._with_room()) is not None:
+                    shard = next(source, _END)
+                    if shard is _END:
+                        more = False
+                        break
+                    token = next(tokens)
+                    worker.shards[token] = shard
+                    worker.conn.send((token, fn, shard))
+                busy = [w for w in self.pool if w.shards]
                 if not busy:
                     break
                 ready = set(connection_wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
@@ -126,23 +166,37 @@ class MultiprocessingDistributor:
                     try:
                         message = worker.conn.recv()
                     except (EOFError, OSError):
-                        shard = busy.pop(worker)
+                        self.pool.remove(worker)
                         worker.process.join()
                         worker.conn.close()
-                        yield shard, WorkerDied(died_message(worker.process.exitcode))
+                        for shard in worker.shards.values():
+                            yield shard, WorkerDied(died_message(worker.process.exitcode))
                         continue
                     if message[0] == PROGRESS:
                         if on_progress is not None:
                             on_progress(message[1], message[2])
-                        continue
-                    shard = busy.pop(worker)
-                    self.idle.append(worker)
-                    yield shard, message[2]
+                    elif message[0] == IDLE:
+                        worker.idle.add(message[1])
+                    else:
+                        _, token, _, result = message
+                        worker.idle.discard(token)
+                        yield worker.shards.pop(token), result
         finally:
-            for worker in busy:  # interrupted: do not leave processes behind
+            for worker in [w for w in self.pool if w.shards]:  # interrupted: do not leave processes behind
+                self.pool.remove(worker)
                 worker.process.terminate()
                 worker.stop()
 
+    def _with_room(self) -> _Worker | None:
+        """Where the next shard goes: a process with nothing to do, a new one, or one whose shards are idle."""
+        empty = [w for w in self.pool if not w.shards]
+        if empty:
+            return empty[0]
+        if len(self.pool) < self.processes_count:
+            self.pool.append(_Worker(self.context))
+            return self.pool[-1]
+        return next((w for w in self.pool if w.has_room()), None)
+
     def close(self) -> None:
-        while self.idle:
-            self.idle.pop().stop()
+        while self.pool:
+            self.pool.pop().stop()

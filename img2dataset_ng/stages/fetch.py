@@ -47,7 +47,7 @@ from ..config import FetchConfig
 from ..sample import URL, Deferred, Sample, StageError, Status
 from .base import Stage
 from .network import NetworkError, Policy, Route, routed, shared_resolver
-from .politeness import MEMORY, HostScheduler, Outcome
+from .politeness import TABLE, HostScheduler, Outcome
 from .robots import MAX_ROBOTS_BYTES, NoAnswer, RobotsAnswer, shared_robots
 from .watchdog import Guard, Watchdog, guarded
 
@@ -158,7 +158,7 @@ class Fetch(Stage):
             (host_of(s.row.get(URL)) if s.ok else None for s in samples),
             config.max_host_concurrency,
             interval,
-            memory=MEMORY,
+            table=TABLE,
         )
         self.positions = {id(sample): position for position, sample in enumerate(samples)}  # the scheduler's indices
         return self.hosts
@@ -191,7 +191,7 @@ class Fetch(Stage):
 
     def close(self) -> None:
         if self.hosts is not None:
-            self.hosts.remember()
+            self.hosts.close()
         self.watchdog.close()
         self.pool.clear()
 
