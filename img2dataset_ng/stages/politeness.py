@@ -118,12 +118,14 @@ class _Host:
 
 class HostTable:
     """A worker process's hosts (`HostSlot`), shared by the schedulers of the shards it runs at once and
-    handed from one shard to the next, with the one lock they all hold. Bounded: of the hosts no shard
-    uses, only those that pushed back are kept, `size` of them, the least recently used going first."""
+    handed from one shard to the next, with the one lock they all hold (each scheduler waits on a condition
+    of its own over it: a release wakes the threads of the shards it concerns, not all of them). Bounded: of
+    the hosts no shard uses, only those that pushed back are kept, `size` of them, the least recently used
+    going first."""
 
     def __init__(self, size: int = MEMORY_HOSTS):
         self.size = size
-        self.lock = threading.Condition()
+        self.lock = threading.RLock()  # each shard's scheduler waits on a condition of its own over it
         self.slots: OrderedDict[str, HostSlot] = OrderedDict()
 
     def join(self, name: str, cap: float) -> HostSlot:
@@ -169,7 +171,7 @@ class HostScheduler:
         table: HostTable | None = None,
     ):
         self.table = table or HostTable()
-        self.lock = self.table.lock
+        self.lock = threading.Condition(self.table.lock)  # notified: this shard's threads only
         self.cap, self.interval, self.clock = cap, interval, clock
         self._hosts: dict[str | None, _Host] = {}
         self._host_of: list[_Host] = []  # by sample index
@@ -330,6 +332,8 @@ class HostScheduler:
             for other in waiting:  # hosts of this shard or another one, waiting for a slot
                 other.scheduled = False
                 other.scheduler._schedule(other, now)
+                if other.scheduler is not self:
+                    other.scheduler.lock.notify_all()
         self._schedule(host, now)
 
     def _learn(
