@@ -25,6 +25,10 @@ EXTRAS = {
         "ipykernel",
         "datasets",
         "trustme",
+        "imagehash",
+        "wids",
+        # wids imports torch: its CPU build (the default wheel brings gigabytes of CUDA libraries)
+        'torch==2.13.0+cpu; sys_platform == "linux" and platform_machine == "x86_64"',
     ],
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})

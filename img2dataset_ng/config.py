@@ -37,7 +37,7 @@ StageFactory = Callable[["Config"], Stage]  # a Stage class taking the Config is
 class ReadConfig:
     """Where the url list is, which of its columns are read, and how it is cut into shards."""
 
-    url_list: str = ""
+    url_list: str | tuple[str, ...] = ""  # a tuple: shards as input, several sources
     input_format: InputFormat = default("input_format")
     url_col: str = default("url_col")
     caption_col: str | None = default("caption_col")
@@ -89,6 +89,7 @@ class ResizeConfig:
     max_aspect_ratio: float = default("max_aspect_ratio")
     max_image_pixels: int = default("max_image_pixels")
     memory_budget: int | None = default("memory_budget")
+    apply_exif_orientation: bool = default("apply_exif_orientation")
     processes_per_machine: int = 1  # worker processes that decode at once and share the memory cap
 
 
@@ -98,6 +99,7 @@ class MetadataConfig:
 
     extract_exif: bool = default("extract_exif")
     compute_hash: HashType | None = default("compute_hash")
+    compute_phash: bool = default("compute_phash")  # of the stored image, not of the downloaded bytes
     verify_hash_type: HashType | None = None
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
 
-from . import provenance, retry
+from . import index, provenance, retry
 from .config import Config
 from .distributors.base import DISTRIBUTORS, run_shards
 from .errors import ConfigError, Interrupted
@@ -30,6 +30,7 @@ from .naming import (
 from .observers import Progress, WandbLogger, log_failures
 from .options import OPTIONS, SIGNATURE, IncrementalMode, bind
 from .reader import Sharder, UrlListReader
+from .reader.datasets import SHARD_FORMATS, DatasetReader, DatasetSharder
 from .stages.pipeline import check_columns, download_stages
 from .stats import ShardStats, Summary
 from .storage import Folder, accessing
@@ -58,8 +59,13 @@ def run(config: Config) -> Summary:
     for stage in stages:
         stage.close()
     retry.check(config)
-    reader = UrlListReader(config.read)
+    reader = DatasetReader(config.read) if config.read.input_format in SHARD_FORMATS else UrlListReader(config.read)
     reader.check_columns()
+    if isinstance(reader, DatasetReader) and config.run.incremental_mode is IncrementalMode.EXTEND:
+        raise ConfigError(
+            "incremental_mode='extend' numbers new shards after the folder's last, but with shards as input "
+            "output shard N is input shard N: use 'incremental' (the default) or 'overwrite'"
+        )
 
     folder = config.write.output_folder
     check_output_folder(folder)
@@ -112,14 +118,17 @@ def take_lock(folder: Folder, wait: bool, created: bool) -> FolderLock:
     return lock
 
 
-def start(config: Config, reader: UrlListReader, start_distributor: Any) -> tuple[Any, ...]:
+def start(config: Config, reader: UrlListReader | DatasetReader, start_distributor: Any) -> tuple[Any, ...]:
     """Prepare the folder (under its lock) and everything the shards need."""
     folder = config.write.output_folder
     tmp = config.run.tmp_folder
     tmp = folder.child(TMP_FOLDER_NAME) if tmp is None else tmp.child(tmp_folder_name(folder.url))
     with accessing(folder.url, "use output_folder"):
         first_shard_id, skip, redo = prepare_output(config, reader)
-    sharder = Sharder(reader, config.key_format, tmp, first_shard_id, skip, redo)
+    if isinstance(reader, DatasetReader):  # input shard N is output shard N
+        sharder: Sharder | DatasetSharder = DatasetSharder(reader, skip, redo)
+    else:
+        sharder = Sharder(reader, config.key_format, tmp, first_shard_id, skip, redo)
     summary = Summary(output_folder=folder.url)
     wandb = WandbLogger(config.run.wandb_project, config) if config.run.enable_wandb else None
     distributor = start_distributor(config.run)
@@ -157,6 +166,7 @@ def execute(
         if config.run.incremental_mode is IncrementalMode.RETRY_FAILED:  # what a failed shard staged or committed
             with contextlib.suppress(Exception):
                 retry.recover(folder, folder.names())
+        index.refresh(folder, config.write.writer)  # the wids index of the shards as they now are (never raises)
     summary.duration = time.monotonic() - start
     summary.shards_skipped = sharder.skipped
     summary.failed_shards = sorted(shard.shard_id for shard in failed)
@@ -169,7 +179,7 @@ def execute(
     return summary
 
 
-def prepare_output(config: Config, reader: UrlListReader) -> tuple[int, frozenset[int], frozenset[int]]:
+def prepare_output(config: Config, reader: UrlListReader | DatasetReader) -> tuple[int, frozenset[int], frozenset[int]]:
     """Check the output folder against this run and make it ready; write the run record when it
     changed (a new folder is written to before any work, so a folder that cannot be written to fails
     here). Returns the first shard id, the shards to skip and the finished shards to retry (retry_failed).
@@ -178,8 +188,9 @@ def prepare_output(config: Config, reader: UrlListReader) -> tuple[int, frozense
     (and the ones it did not commit dropped)."""
     folder, mode = config.write.output_folder, config.run.incremental_mode
     if mode is IncrementalMode.OVERWRITE:
+        sources = config.read.url_list if isinstance(config.read.url_list, tuple) else (config.read.url_list,)
         inputs = (
-            ("url_list", Folder(config.read.url_list, config.read.storage_options)),
+            *(("url_list", Folder(source, config.read.storage_options)) for source in sources),
             ("tmp_folder", config.run.tmp_folder),
         )
         for option, inner in inputs:

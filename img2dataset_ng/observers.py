@@ -73,7 +73,7 @@ class Progress:
             self.ticker = threading.Thread(target=self._tick, name="img2dataset-ng-progress", daemon=True)
             self.ticker.start()
 
-    def set_total(self, shards: int, rows: int) -> None:
+    def set_total(self, shards: int, rows: int | None) -> None:
         """The shards and rows this run has to do (shards done by an earlier run left out)."""
         with self.lock:
             self.total_shards, self.total_rows = shards, rows

@@ -55,6 +55,11 @@ class InputFormat(str, Enum):
     JSONL = "jsonl"
     JSONL_GZ = "jsonl.gz"
     PARQUET = "parquet"
+    # existing shards as input (reader/datasets.py)
+    WEBDATASET = "webdataset"
+    PARQUET_SHARDS = "parquet_shards"
+    FILES_SHARDS = "files_shards"
+    IMAGE_FOLDER = "image_folder"  # a folder of images with optional KEY.txt / KEY.cls / KEY.json beside them
 
 
 class HashType(str, Enum):
@@ -142,9 +147,12 @@ def reasons(option: str, value: Any) -> tuple[str, ...] | None:
     return chosen
 
 
-def url_list(option: str, value: Any) -> str:
+def url_list(option: str, value: Any) -> str | tuple[str, ...]:
+    """A path or url; for shards as input also a list of them (a tuple here)."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value):
+        return tuple(value)
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{option} must be a path or url of a file or folder; got {value!r}")
+        raise ConfigError(f"{option} must be a path or url of a file or folder (or, of shards, a list); got {value!r}")
     return value
 
 
@@ -424,6 +432,22 @@ OPTIONS: tuple[Option, ...] = (
         "more per-sample stages, run after the built-in ones: registered names or module:Class paths",
         names,
         True,
+    ),
+    Option(
+        "compute_phash",
+        bool,
+        False,
+        "add a phash column: the 64-bit DCT perceptual hash of the stored image as 16 hex digits "
+        "(imagehash.phash's algorithm)",
+        boolean,
+    ),
+    Option(
+        "apply_exif_orientation",
+        bool,
+        False,
+        "turn images upright by their EXIF orientation before resizing (sizes and boxes are then the upright "
+        "image's); False keeps the pixels as stored, as img2dataset 1.47",
+        boolean,
     ),
 )
 BY_NAME = {option.name: option for option in OPTIONS}

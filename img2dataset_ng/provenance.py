@@ -49,7 +49,11 @@ OUTPUT_OPTIONS = (
     "compute_hash",
     "verify_hash",
     "stages",
+    "compute_phash",
+    "apply_exif_orientation",
 )
+# output-shaping options added after records were first written: a record without one was made with its default
+ADDED_LATER = {"compute_phash": False, "apply_exif_orientation": False}
 HEAD_BYTES = 65536  # of the first input file, hashed: a cheap check that it is the same list
 
 
@@ -68,7 +72,8 @@ def output_options(config: Config) -> dict[str, Any]:
 
 def url_list_fingerprint(config: Config, reader: UrlListReader) -> dict[str, Any]:
     """The input files (names relative to url_list, sizes) and a hash of the first one's head."""
-    root = Folder(config.read.url_list, config.read.storage_options).root
+    source = config.read.url_list if isinstance(config.read.url_list, str) else config.read.url_list[0]
+    root = Folder(source.split("{", 1)[0], config.read.storage_options).root  # a brace pattern: up to it
     files = [[path[len(root) :].lstrip("/") or path.rsplit("/", 1)[-1], reader.fs.size(path)] for path in reader.files]
     head = b""
     if reader.files:
@@ -103,7 +108,7 @@ def check(
     if earlier is None:
         logger.warning("%s holds shards but no %s: assuming they were made like this run", folder.url, RUN_RECORD)
         return
-    before = earlier.get("options", {})
+    before = {**ADDED_LATER, **earlier.get("options", {})}
     differences = [
         f"{name} was {before.get(name)!r}, now {value!r}"
         for name, value in record["options"].items()

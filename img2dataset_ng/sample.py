@@ -11,9 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class Status(str, Enum):
@@ -54,6 +57,7 @@ URL, CAPTION = "url", "caption"
 PRIVATE_PREFIX = "__"  # input columns that stages read but the metadata does not keep:
 BBOX, VERIFY_HASH = "__bbox", "__verify_hash"  # bbox_col, and verify_hash's column
 INPUT_ERROR = "__input_error"  # set by the reader on a row it could not read: the row fails with it
+SIDECAR = "__sidecar_"  # `__sidecar_cls`: bytes stored beside the image as `KEY.cls` (webdataset and files output)
 
 
 @dataclass(slots=True)
@@ -69,19 +73,34 @@ class Sample:
     # called once when the downloaded bytes are dropped: gives back the memory budget they were counted in
     release_source: Callable[[], None] | None = None
     attempts: int = 0  # times a stage deferred it (`Deferred`)
+    # the stored image's pixels (8-bit BGR or BGRA, upright), as the resize stage encoded them, kept
+    # when a later stage reads them (compute_phash, the user's stages) so that none decodes `data` again;
+    # None otherwise (and with disable_all_reencoding). Dropped with the downloaded bytes (`free_source`).
+    pixels: np.ndarray | None = None
+    # called once when `pixels` are dropped: gives back the decode budget they are counted in
+    release_pixels: Callable[[], None] | None = None
 
     @property
     def ok(self) -> bool:
         return self.status is Status.SUCCESS
 
     def free_source(self) -> None:
-        """Every stage has seen the downloaded bytes: drop them and give back their memory budget. A
-        failed sample stores nothing, so its `data` goes too; a stored copy of the bytes (`data`, when
-        stored as downloaded) is the reorder buffer's to bound from here on (see `worker.in_order`)."""
+        """Every stage has seen the downloaded bytes: drop them (and the stored image's `pixels`) and give
+        back their memory budget. A failed sample stores nothing, so its `data` goes too; a stored copy of
+        the bytes (`data`, when stored as downloaded) is the reorder buffer's to bound from here on (see
+        `worker.in_order`)."""
         if not self.ok:
             self.data = None
         self.source = None
         release, self.release_source = self.release_source, None
+        if release is not None:
+            release()
+        self.drop_pixels()
+
+    def drop_pixels(self) -> None:
+        """Drop the stored image's pixels (`pixels`) and give back their memory budget."""
+        self.pixels = None
+        release, self.release_pixels = self.release_pixels, None
         if release is not None:
             release()
 

@@ -31,6 +31,7 @@ from .config import Config
 from .distributors.base import Report
 from .naming import shard_file, stats_file
 from .reader import Shard
+from .reader.datasets import INPUT_KEY, INPUT_REASON, INPUT_STATUS, InputShard, carry_download_columns, input_rows
 from .retry import RetryShard
 from .sample import INPUT_ERROR, Deferred, Sample, Status, metadata_schema
 from .stages.base import Stage, columns_of, run_stages
@@ -76,7 +77,7 @@ class ShardWorker:
 
     config: Config
 
-    def __call__(self, shard: Shard, report: Report | None = None) -> ShardStats:
+    def __call__(self, shard: Shard | InputShard, report: Report | None = None) -> ShardStats:
         tune_process()
         config = self.config
         stats = ShardStats(shard.shard_id, start_time=time.time())
@@ -90,15 +91,20 @@ class ShardWorker:
         folder.makedirs()  # a worker may run where the driver did not make it (a node-local path)
 
         table = shard.read()
+        images = shard.open_images() if isinstance(shard, InputShard) else None  # existing shards as input
+        stages = download_stages(config, images)
+        if images is not None:  # the input's key, status and reason; columns the stages fill again aside
+            table = input_rows(table, frozenset(c.name for c in columns_of(stages)))
         samples = [
-            Sample(index, config.key_format.key(shard.shard_id, index), row)
+            Sample(index, row.pop(INPUT_KEY, None) or config.key_format.key(shard.shard_id, index), row)
             for index, row in enumerate(table.to_pylist())
         ]
-        for sample in samples:  # rows the reader could not read fail before any stage
+        for sample in samples:  # rows the reader could not read, or that had failed in the input, fail here
             if sample.row.get(INPUT_ERROR) is not None:
                 sample.fail(Status.FAILED_TO_DOWNLOAD, sample.row[INPUT_ERROR])
+            elif sample.row.get(INPUT_STATUS) not in (None, Status.SUCCESS.value):
+                sample.fail(input_status(sample.row[INPUT_STATUS]), sample.row.get(INPUT_REASON) or "")
         to_run = samples if retry is None else retry.plan(samples)  # a retry's other rows are carried as they were
-        stages = download_stages(config)
         scheduler = next((s for s in (stage.scheduler(to_run) for stage in stages) if s is not None), None)
         try:
             schema = metadata_schema(table.schema, columns_of(stages))
@@ -109,6 +115,8 @@ class ShardWorker:
                 idle = getattr(report, "idle", None)  # a distributor that may start another shard beside this one
                 finished = in_order(to_run, stages, config.fetch.thread_count, scheduler, idle)
                 for sample in finished if retry is None else retry.merge(finished):
+                    if images is not None and sample.ok:
+                        carry_download_columns(sample.row, sample.fields)
                     writer.write(sample)
                     stats.counts.add(sample)
                     if report is not None and (time.monotonic() >= next_report or stats.counts.count == len(samples)):
@@ -141,6 +149,14 @@ class _Reordering:
 
 
 REORDERING = _Reordering()  # the process's
+
+
+def input_status(value: str) -> Status:
+    """An input row's status; one img2dataset-ng does not know counts as a failed download."""
+    try:
+        return Status(value)
+    except ValueError:
+        return Status.FAILED_TO_DOWNLOAD
 
 
 def in_order(

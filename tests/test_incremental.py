@@ -79,6 +79,7 @@ def test_overwrite_removes_every_shard_and_keeps_what_is_not_ours(tmp_path, serv
         "00001_stats.json",
         "_img2dataset_ng_run.json",
         "notes.txt",
+        "wids-index.json",
     ]
     assert (out / "notes.txt").read_text() == "left by someone"
 

@@ -90,7 +90,8 @@ def check_output(rows, output: Path, output_format: str, with_caption: bool, enc
         "dummy": lambda n: [],
     }[output_format]
     run_record = "_img2dataset_ng_run.json"  # what made the folder
-    expected_files = sorted([run_record, *(f for n in names for f in [*per_format(n), f"{n}_stats.json"])])
+    index = ["wids-index.json"] if output_format == "webdataset" else []  # the shard index wids reads
+    expected_files = sorted([run_record, *index, *(f for n in names for f in [*per_format(n), f"{n}_stats.json"])])
     assert sorted(p.name for p in output.iterdir()) == expected_files
 
     stats = read_stats(output)
@@ -192,6 +193,7 @@ def test_key_width_for_shard_sizes(tmp_path, server, per_shard, width):
         "00000.tar",
         "00000_stats.json",
         "_img2dataset_ng_run.json",
+        "wids-index.json",
     ]
 
 

@@ -65,6 +65,11 @@ class UrlListReader:
 
     def __init__(self, config: ReadConfig):
         self.config = config
+        if not isinstance(config.url_list, str):
+            raise InputError(
+                f"url_list is a list ({len(config.url_list)} entries): a list is read for shards as input "
+                "(input_format webdataset, parquet_shards, files_shards); give a url list as one file or folder"
+            )
         self.fs, root = filesystem(config.url_list, dict(config.storage_options))
         self.files = self._list_files(root)
         # input column -> output column, in output order

@@ -16,6 +16,13 @@ The bytes come from sites we do not trust, so nothing is allocated on the file's
   are taken from the process's decode budget (`budget.decodes`) before decoding and given back
   after: threads wait rather than allocate, and a decode that can never fit is refused.
 
+EXIF orientation (tag 0x0112) is ignored by default, as img2dataset 1.47 ignores it: the stored pixels
+are the file's pixels as they are laid out. With `apply_exif_orientation` the resizer reads the tag of a
+JPEG, PNG or WebP itself (`exif_orientation`, from the EXIF block alone) and turns the decoded pixels
+upright before anything else (boxes, resize), on every decode path (the reduced-scale JPEG decode too):
+sizes, size filters, `original_width` and `original_height` are then those of the upright image, and an
+image whose orientation is not 1 is never stored as its downloaded bytes (`skip_reencode`).
+
 OpenCV's own `OPENCV_IO_MAX_IMAGE_PIXELS` is not used as a backstop: OpenCV reads it once, when the
 library is loaded (often before this module, by the caller), and it is one limit for the whole
 process while ours is per configuration. Its default (2^30 pixels) stays the decoder's last word.
@@ -23,10 +30,13 @@ process while ours is per configuration. Its default (2^30 pixels) stays the dec
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import math
 import os
+import struct
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +50,7 @@ from ..config import ResizeConfig
 from ..options import EncodeFormat, Interpolation, ResizeMode
 from ..sample import BBOX, Sample, StageError, Status
 from .base import Stage
+from .exif import exif_block
 from .imageinfo import ImageInfo, is_truncated_jpeg, probe, sniff_format
 
 logger = logging.getLogger(__name__)
@@ -76,28 +87,40 @@ class Resized:
     height: int | None
     original_width: int | None
     original_height: int | None
+    # what was encoded (the downloaded image's pixels when `data` is the downloaded bytes), when asked for
+    pixels: np.ndarray | None = dataclasses.field(default=None, compare=False)
+    held: int = 0  # bytes of the decode budget still taken for `pixels`: the caller gives them back
 
 
 class Resize(Stage):
-    """Replaces `sample.data` with the resized image; fills width, height, original_width, original_height."""
+    """Replaces `sample.data` with the resized image; fills width, height, original_width, original_height.
+
+    With `keep_pixels`, the pixels it encoded stay in `sample.pixels` (counted in the decode budget until
+    the sample drops them) for later stages, which then need not decode the stored image again.
+    """
 
     failure = Status.FAILED_TO_RESIZE
 
-    def __init__(self, config: ResizeConfig):
+    def __init__(self, config: ResizeConfig, keep_pixels: bool = False):
         self.resizer = Resizer(config)
+        self.keep_pixels = keep_pixels
 
     def columns(self) -> list[pa.Field]:
         return list(COLUMNS)
 
     def __call__(self, sample: Sample) -> None:
+        sample.drop_pixels()  # a sample started again (Deferred) may hold those of its last attempt
         try:
-            resized = self.resizer(sample.source, sample.row.get(BBOX))
+            resized = self.resizer(sample.source, sample.row.get(BBOX), keep_pixels=self.keep_pixels)
         except ResizeError:
             raise
         except Exception as error:  # noqa: BLE001 - a bad image never crashes a shard
             logger.debug("resize of %s failed", sample.key, exc_info=True)
             raise ResizeError(f"Image decoding error ({type(error).__name__})") from None
         sample.data = resized.data
+        sample.pixels = resized.pixels
+        if resized.held:
+            sample.release_pixels = functools.partial(self.resizer.budget.release, resized.held)
         sample.fields.update(
             width=resized.width,
             height=resized.height,
@@ -119,6 +142,7 @@ class Plan:
     target: tuple[int, int] | None  # the resize target before any crop or pad; None: not resized
     crop_first: bool  # center crop: resize only the region of the source that is kept
     memory: int  # bytes
+    orientation: int = 1  # EXIF orientation applied after decoding (1: none); `decoded` is upright
 
 
 class Resizer:
@@ -141,23 +165,36 @@ class Resizer:
             self.encode_params = [cv2.IMWRITE_WEBP_QUALITY, max(1, c.encode_quality)]
         self.extension = "." + c.encode_format.value
 
-    def __call__(self, data: bytes, boxes: Any = None) -> Resized:
+    def __call__(self, data: bytes, boxes: Any = None, keep_pixels: bool = False) -> Resized:
+        """The stored image of downloaded `data`; with `keep_pixels`, also the pixels encoded, whose
+        bytes (`Resized.held`) stay taken from the decode budget until the caller releases them."""
         if self.config.disable_all_reencoding:
             return Resized(data, None, None, None, None)
         info = inspect(data, self.max_pixels)
+        orientation = exif_orientation(data) if self.config.apply_exif_orientation else 1
+        if orientation >= FIRST_TRANSPOSED:  # the upright image is the stored one turned a quarter
+            info = dataclasses.replace(info, width=info.height, height=info.width)
         self._check_size(info.width, info.height)
-        plan = self.plan(info, blurred=bool(boxes))
+        plan = self.plan(info, blurred=bool(boxes), orientation=orientation)
         if not self.budget.acquire(plan.memory):  # waits while others hold the memory; False: can never fit
             raise ResizeError(TOO_LARGE)
+        held = 0
         try:
             with _decode_slots:
-                return self._resize(data, info, plan, boxes)
+                resized = self._resize(data, info, plan, boxes)
+            if not keep_pixels:
+                return dataclasses.replace(resized, pixels=None)
+            pixels = resized.pixels
+            if pixels.base is not None:  # a crop's view: do not keep the whole resized image alive through it
+                pixels = pixels.copy()
+            held = min(plan.memory, pixels.nbytes)
+            return dataclasses.replace(resized, pixels=pixels, held=held)
         finally:
-            self.budget.release(plan.memory)
+            self.budget.release(plan.memory - held)
 
-    def plan(self, info: ImageInfo, blurred: bool = False) -> Plan:
-        """The decode and resize of an image of `info`; raises ResizeError when an intermediate
-        would have more than `max_image_pixels` pixels."""
+    def plan(self, info: ImageInfo, blurred: bool = False, orientation: int = 1) -> Plan:
+        """The decode and resize of an image of `info` (its upright size when `orientation` is applied);
+        raises ResizeError when an intermediate would have more than `max_image_pixels` pixels."""
         c = self.config
         target = self._target_size(info.width, info.height)
         reduction = self._reduction(info, target)
@@ -172,15 +209,17 @@ class Resizer:
             raise ResizeError(TOO_LARGE)
         pixels = _area(decoded)
         decode_bytes = pixels * info.bytes_per_pixel + info.buffer_bytes // (reduction * reduction)
-        # the 8-bit BGR(A) copy, a blurred copy, and the Gaussian pyramid of an area downscale (1/4 + 1/16 + ...)
-        working = pixels * BGRA * (1 + (2 if blurred else 0) + 1)
+        # the 8-bit BGR(A) copy, a blurred copy, and the Gaussian pyramid of an area downscale (1/4 + 1/16 + ...);
+        # turning it upright makes one copy, or two at once (transpose then flip) for orientation 7
+        turned = 0 if orientation == 1 else 2
+        working = pixels * BGRA * (1 + (2 if blurred else 0) + 1 + turned)
         memory = decode_bytes + working + (resized + output) * BGRA * 2  # resized, output and the encoded bytes
-        return Plan(reduction, decoded, target, crop_first, memory)
+        return Plan(reduction, decoded, target, crop_first, memory, orientation)
 
     def _resize(self, data: bytes, info: ImageInfo, plan: Plan, boxes: Any) -> Resized:
         c = self.config
         original_width, original_height = info.width, info.height
-        img = decode(data, plan.reduction)
+        img = upright(decode(data, plan.reduction), plan.orientation)
         if (img.shape[1], img.shape[0]) != plan.decoded:
             raise ResizeError("image size differs from its header")
         target = plan.target
@@ -191,8 +230,9 @@ class Resizer:
             target == (original_width, original_height)
             and (c.resize_mode not in (ResizeMode.CENTER_CROP, ResizeMode.BORDER) or original_width == original_height)
         )
-        if unchanged and not blurred and c.skip_reencode and sniff_format(data) is c.encode_format:
-            return Resized(data, original_width, original_height, original_width, original_height)
+        stored_upright = plan.orientation == 1  # else the downloaded bytes would show it turned
+        if unchanged and not blurred and stored_upright and c.skip_reencode and sniff_format(data) is c.encode_format:
+            return Resized(data, original_width, original_height, original_width, original_height, img)
         if plan.crop_first:
             img = self._crop_first(img, target)
         elif target is not None:
@@ -203,7 +243,7 @@ class Resizer:
         if not ok:
             raise ResizeError("Image encoding error")
         height, width = img.shape[:2]
-        return Resized(encoded.tobytes(), width, height, original_width, original_height)
+        return Resized(encoded.tobytes(), width, height, original_width, original_height, img)
 
     def _check_size(self, width: int, height: int) -> None:
         c = self.config
@@ -308,7 +348,8 @@ REDUCED_JPEG = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8:
 def decode(data: bytes, reduction: int = 1) -> np.ndarray:
     """BGR or BGRA uint8 pixels of encoded image bytes (a JPEG `reduction` times smaller); raises ResizeError.
 
-    EXIF orientation is ignored, as img2dataset does: width and height are those of the stored pixels.
+    EXIF orientation is ignored, as img2dataset does (IMREAD_UNCHANGED never applies it, the reduced
+    decode is told not to): width and height are those of the file's pixels. `upright` applies it.
     """
     flags = REDUCED_JPEG[reduction] | cv2.IMREAD_IGNORE_ORIENTATION if reduction > 1 else cv2.IMREAD_UNCHANGED
     img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
@@ -377,3 +418,53 @@ def blur_boxes(img: np.ndarray, boxes: Any) -> np.ndarray:
     for x0, y0, x1, y1 in pixel_boxes:
         out[y0:y1, x0:x1] = blurred[y0:y1, x0:x1]
     return out
+
+
+ORIENTATION_TAG = 0x0112
+FIRST_TRANSPOSED = 5  # orientations 5-8 swap width and height
+TIFF_SHORT, TIFF_LONG = 3, 4
+IFD_ENTRY = 12  # bytes: tag, type, count, value
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF Orientation (tag 0x0112, in the first IFD) of JPEG, PNG or WebP bytes: 1-8; 1 when there is
+    none or it cannot be read. Reads the EXIF block alone (as the exif stage finds it), within its bounds."""
+    try:
+        block = exif_block(data)
+    except ValueError:  # a block too large to be read
+        return 1
+    if block is None or len(block) < 8 or block[:2] not in (b"II", b"MM"):
+        return 1
+    order = "<" if block[:2] == b"II" else ">"
+    magic, ifd = struct.unpack_from(order + "HI", block, 2)
+    if magic != 42 or ifd + 2 > len(block):
+        return 1
+    (count,) = struct.unpack_from(order + "H", block, ifd)
+    for at in range(ifd + 2, min(ifd + 2 + count * IFD_ENTRY, len(block) - IFD_ENTRY + 1), IFD_ENTRY):
+        tag, kind = struct.unpack_from(order + "HH", block, at)
+        if tag != ORIENTATION_TAG:
+            continue
+        if kind not in (TIFF_SHORT, TIFF_LONG):
+            return 1
+        (value,) = struct.unpack_from(order + ("H" if kind == TIFF_SHORT else "I"), block, at + 8)
+        return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def upright(img: np.ndarray, orientation: int) -> np.ndarray:
+    """The pixels of an image stored with EXIF `orientation` turned as a viewer shows them (1: as they are)."""
+    if orientation == 2:  # mirrored
+        return cv2.flip(img, 1)
+    if orientation == 3:  # upside down
+        return cv2.rotate(img, cv2.ROTATE_180)
+    if orientation == 4:  # mirrored upside down
+        return cv2.flip(img, 0)
+    if orientation == 5:  # mirrored along the main diagonal
+        return cv2.transpose(img)
+    if orientation == 6:  # turned a quarter counter-clockwise: a quarter clockwise makes it upright
+        return cv2.rotate(img, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:  # mirrored along the other diagonal
+        return cv2.flip(cv2.transpose(img), -1)
+    if orientation == 8:
+        return cv2.rotate(img, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return img

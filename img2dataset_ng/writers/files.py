@@ -14,7 +14,7 @@ from ..naming import sample_file
 from ..sample import CAPTION, Sample
 from ..storage import Folder
 from .base import ImagesAndMetadataWriter, StoredImages
-from .webdataset import caption_text, sample_json
+from .webdataset import caption_text, sample_json, sidecars
 
 
 class FolderImages(StoredImages):
@@ -49,6 +49,8 @@ class FilesWriter(ImagesAndMetadataWriter):
         self.images.write(sample_file(sample.key, self.image_format), sample.data, atomic=False)
         if self.captions:
             self.images.write(sample_file(sample.key, "txt"), caption_text(record), atomic=False)
+        for extension, data in sidecars(sample):
+            self.images.write(sample_file(sample.key, extension), data, atomic=False)
         self.images.write(sample_file(sample.key, "json"), sample_json(record), atomic=False)
 
     def close_images(self) -> None:

@@ -11,7 +11,7 @@ from typing import IO, Any
 import pyarrow as pa
 
 from ..naming import sample_file, shard_file
-from ..sample import CAPTION, Sample
+from ..sample import CAPTION, SIDECAR, Sample
 from ..storage import Folder
 from .base import ImagesAndMetadataWriter, StoredImages
 from .codecs.tar import tar_end, tar_member
@@ -23,6 +23,11 @@ def sample_json(record: dict[str, Any]) -> bytes:
 
 def caption_text(record: dict[str, Any]) -> bytes:
     return str(record[CAPTION] or "").encode("utf-8")
+
+
+def sidecars(sample: Sample) -> list[tuple[str, bytes]]:
+    """(extension, bytes) of the files an input gave beside the image (image_folder's `.cls`)."""
+    return [(n[len(SIDECAR) :], v) for n, v in sample.row.items() if n.startswith(SIDECAR) and v is not None]
 
 
 class TarImages(StoredImages):
@@ -65,6 +70,7 @@ class WebDatasetWriter(ImagesAndMetadataWriter):
         members = [tar_member(sample_file(sample.key, self.image_format), sample.data)]
         if self.captions:
             members.append(tar_member(sample_file(sample.key, "txt"), caption_text(record)))
+        members += [tar_member(sample_file(sample.key, extension), data) for extension, data in sidecars(sample)]
         members.append(tar_member(sample_file(sample.key, "json"), sample_json(record)))
         data = b"".join(members)
         self.tar.write(data)
