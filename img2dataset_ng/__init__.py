@@ -6,6 +6,7 @@ The extension points, each one file plus one registration: a stage (`Stage` or `
 
 from .config import Config
 from .distributors import register_distributor
+from .duplicates import find_duplicates
 from .errors import ConfigError, FolderLocked, InputError, Interrupted, StorageError
 from .main import download, run
 from .sample import Sample, StageError, Status
@@ -29,6 +30,7 @@ __all__ = [
     "Status",
     "Summary",
     "download",
+    "find_duplicates",
     "register_distributor",
     "register_stage",
     "register_writer",

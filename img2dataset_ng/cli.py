@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_PLACEHOLDER_MIN_URLS, find_duplicates
 from .errors import ConfigError, InputError, Interrupted, StorageError
 from .main import download
 from .options import BY_NAME, FALSE, OPTIONS, REQUIRED, TRUE, Option, boolean
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="img2dataset-ng",
         description="Turn lists of image urls into an image dataset (a drop-in successor of img2dataset).",
+        epilog="img2dataset-ng duplicates OUTPUT_FOLDER: a finished dataset's duplicates (see its --help)",
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"img2dataset-ng {__version__}")
@@ -123,9 +125,44 @@ def normalise_argv(argv: Sequence[str], parser: argparse.ArgumentParser) -> list
     return out
 
 
+def log_to_terminal() -> None:
+    """Our own INFO messages (the summary); other libraries' only from WARNING up."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("img2dataset_ng").setLevel(logging.INFO)
+
+
+def duplicates(argv: Sequence[str]) -> int:
+    """`img2dataset-ng duplicates OUTPUT_FOLDER [--max_distance N] [--placeholder_min_urls N]`: duplicates.py."""
+    parser = Parser(
+        prog="img2dataset-ng duplicates",
+        description="Exact duplicates, near duplicates (phash) and placeholders among the successful samples of a "
+        "finished dataset, from its NNNNN.parquet files; the report goes to OUTPUT_FOLDER/_duplicates/.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("output_folder", metavar="OUTPUT_FOLDER", help="the output_folder of a finished download")
+    flags = {
+        "max_distance": (int, DEFAULT_MAX_DISTANCE, "phash bits (of 64) that near duplicates may differ in, 0-16"),
+        "placeholder_min_urls": (int, DEFAULT_PLACEHOLDER_MIN_URLS, "urls of one host serving one file: a placeholder"),
+        "storage_options": (parse_literal, None, "fsspec storage options of OUTPUT_FOLDER, as JSON"),
+    }
+    for name, (kind, default, text) in flags.items():
+        dashed = [f"--{name.replace('_', '-')}"]
+        parser.add_argument(f"--{name}", *dashed, type=kind, default=default, help=f"{text} (default: {default!r})")
+    args = vars(parser.parse_args(list(argv)))
+    log_to_terminal()
+    try:
+        find_duplicates(**args)
+    except (ConfigError, InputError, StorageError) as error:
+        parser.exit(BAD_INPUT, f"img2dataset-ng duplicates: error: {error}\n")
+    return DONE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["duplicates"]:  # the subcommand; anything else is a download
+        return duplicates(argv[1:])
     parser = build_parser()
-    args = vars(parser.parse_args(normalise_argv(list(sys.argv[1:] if argv is None else argv), parser)))
+    args = vars(parser.parse_args(normalise_argv(argv, parser)))
     positional = args.pop("url_list_positional", None)
     if positional is not None and "url_list" in args:
         parser.error("give url_list once, as URL_LIST or --url_list")
@@ -133,9 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args["url_list"] = positional
     if "url_list" not in args:
         parser.error("url_list is required (URL_LIST or --url_list)")
-    # our own INFO messages (the summary); other libraries' only from WARNING up
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("img2dataset_ng").setLevel(logging.INFO)
+    log_to_terminal()
     try:
         summary = download(**args)
     except (ConfigError, InputError, StorageError) as error:

@@ -30,6 +30,7 @@ PARTIAL_PREFIX = "_partial_"  # a file or folder being written; renamed when com
 RETRY_PREFIX = "_retry_"  # retry_failed: a shard's new files, staged; and the record of their moves
 RETRY_RECORD_SUFFIX = ".commit"
 INDEX_FILE = "wids-index.json"  # the shard index of webdataset output that wids reads (index.py)
+DUPLICATES_FOLDER = "_duplicates"  # the duplicates report (duplicates.py): `_` keeps `*.parquet` globs off it
 _SHARD_ENTRY = re.compile(r"^(\d+)(?:\.|_stats\.json$|$)")
 
 
@@ -120,7 +121,7 @@ def is_ours(name: str) -> bool:
     """Whether an output folder entry is of our layout (what overwrite may delete)."""
     return (
         shard_id_of(name) is not None
-        or name in (TMP_FOLDER_NAME, RUN_RECORD, INDEX_FILE)
+        or name in (TMP_FOLDER_NAME, RUN_RECORD, INDEX_FILE, DUPLICATES_FOLDER)
         or is_partial(name)
         or is_lock(name)
         or is_retry(name)
