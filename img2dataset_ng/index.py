@@ -38,6 +38,7 @@ import logging
 from typing import Any
 
 from .naming import INDEX_FILE, STATS_SUFFIX, shard_file, stats_files
+from .stats import parse_stats_file
 from .storage import Folder
 from .writers.base import ShardWriter
 from .writers.webdataset import WebDatasetWriter
@@ -120,12 +121,7 @@ def shard_list(folder: Folder, sizes: dict[str, int]) -> list[dict[str, Any]]:
 def successes(data: bytes | None, shard_id: int) -> int | None:
     """The samples in the tar of shard `shard_id`, from its stats file: `successes`, which ours and img2dataset
     1.47's both count (1.47's name no shard); None when the file is not a complete stats file of that shard."""
-    try:
-        stats = json.loads(data or b"")
-    except ValueError:
-        return None
-    if not isinstance(stats, dict) or stats.get("shard_id", shard_id) != shard_id:
-        return None
-    count, n = stats.get("count"), stats.get("successes")
-    valid = all(isinstance(v, int) and not isinstance(v, bool) for v in (count, n))
-    return n if valid and 0 <= n <= count else None
+    stats = parse_stats_file(data, shard_id)
+    n = None if stats is None else stats.get("successes")
+    valid = isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= stats["count"]  # type: ignore[index]
+    return n if valid else None

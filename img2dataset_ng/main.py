@@ -4,7 +4,6 @@ the shards, summarise. Nothing in the output folder changes before its lock is h
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -32,7 +31,7 @@ from .options import OPTIONS, SIGNATURE, IncrementalMode, bind
 from .reader import Sharder, UrlListReader
 from .reader.datasets import SHARD_FORMATS, DatasetReader, DatasetSharder
 from .stages.pipeline import check_columns, download_stages
-from .stats import ShardStats, Summary
+from .stats import ShardStats, Summary, parse_stats_file
 from .storage import Folder, accessing
 from .worker import ShardWorker
 
@@ -246,7 +245,7 @@ def done_shards(folder: Folder, sizes: dict[str, int], suffixes: tuple[str, ...]
         if sizes[name] > 0 and all(name[: -len(STATS_SUFFIX)] + s in sizes for s in suffixes if s)
     }
     contents = folder.read_many(candidates.values())
-    parsed = {shard_id: read_stats(contents[name], shard_id) for shard_id, name in candidates.items()}
+    parsed = {shard_id: parse_stats_file(contents[name], shard_id) for shard_id, name in candidates.items()}
     done = {shard_id: content for shard_id, content in parsed.items() if content is not None}
     redo = sorted(set(stats) - set(done))
     if redo:
@@ -258,15 +257,3 @@ def done_shards(folder: Folder, sizes: dict[str, int], suffixes: tuple[str, ...]
             shown,
         )
     return done
-
-
-def read_stats(data: bytes | None, shard_id: int) -> dict[str, Any] | None:
-    """`data` as a complete stats file of shard `shard_id`, else None. img2dataset 1.47's stats files,
-    which do not name their shard, count too: they are written last as ours are."""
-    try:
-        stats = json.loads(data or b"")
-    except ValueError:
-        return None
-    if not isinstance(stats, dict) or stats.get("shard_id", shard_id) != shard_id:
-        return None
-    return stats if isinstance(stats.get("count"), int) else None

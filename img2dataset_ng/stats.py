@@ -160,3 +160,15 @@ class Summary:
             f"in {self.duration:.1f}s ({self.samples_per_second:.1f} samples/s); "
             f"output in {self.output_folder}"
         )
+
+
+def parse_stats_file(data: bytes | None, shard_id: int) -> dict[str, Any] | None:
+    """`data` as a complete stats file of shard `shard_id`, else None. img2dataset 1.47's stats files,
+    which do not name their shard, count too: they are written last as ours are."""
+    try:
+        stats = json.loads(data or b"")
+    except ValueError:
+        return None
+    if not isinstance(stats, dict) or stats.get("shard_id", shard_id) != shard_id:
+        return None
+    return stats if isinstance(stats.get("count"), int) else None
