@@ -176,7 +176,23 @@ def reference(tmp_path_factory, server) -> Iterator[dict]:
     for fmt in ("webdataset", "parquet"):
         run(urls, tmp / fmt, "multiprocessing", fmt)
         outcomes[fmt] = outcome(tmp / fmt, fmt)
+    reprocess(tmp / "webdataset", tmp / "reprocessed", "multiprocessing")
+    outcomes["reprocessed"] = outcome(tmp / "reprocessed", "parquet")
     yield outcomes
+
+
+def reprocess(shards: Path, output: Path, distributor: str):
+    """The webdataset output `shards` as input, resized again, to parquet."""
+    return download(
+        str(shards),
+        input_format="webdataset",
+        output_folder=str(output),
+        output_format="parquet",
+        image_size=24,
+        thread_count=2,
+        processes_count=2,
+        distributor=distributor,
+    )
 
 
 def kill_first(pattern: str, after: Path, seconds: float = 120) -> threading.Thread:
@@ -206,6 +222,10 @@ def test_same_output_from_every_distributor(tmp_path, server, reference, distrib
     summary = run(url_list(tmp_path, server), tmp_path / "out", distributor, output_format)
     assert summary.shards_done == 6 and summary.count == 22
     assert outcome(tmp_path / "out", output_format) == reference[output_format]
+    if output_format == "webdataset":  # existing shards as input, on the same distributor
+        summary = reprocess(tmp_path / "out", tmp_path / "again", distributor)
+        assert summary.shards_done == 6 and summary.count == 22
+        assert outcome(tmp_path / "again", "parquet") == reference["reprocessed"]
     if distributor == "pyspark":
         assert SparkSession.getActiveSession() is None  # the local session it started is stopped
     if distributor == "ray":
