@@ -402,3 +402,31 @@ def test_a_reprocess_killed_with_sigkill_then_run_again_gives_the_uninterrupted_
     assert {n: {c: s[c] for c in counts} for n, s in read_stats(killed).items()} == {
         n: {c: s[c] for c in counts} for n, s in read_stats(reference).items()
     }
+
+
+def test_stages_over_existing_shards_hash_the_stored_images(downloaded, tmp_path):
+    """compute_phash over a finished dataset, its images kept as stored: the hash of each stored image,
+    as imagehash computes it from the file."""
+    imagehash = pytest.importorskip("imagehash")
+    from PIL import Image
+
+    out = tmp_path / "hashed"
+    download(
+        str(downloaded),
+        input_format="webdataset",
+        output_folder=str(out),
+        output_format="webdataset",
+        resize_mode="no",
+        skip_reencode=True,
+        compute_phash=True,
+        processes_count=1,
+    )
+    rows = {r["key"]: r for r in read_metadata(out).to_pylist()}
+    stored = stored_images(out, "webdataset")
+    assert stored and sorted(stored) == sorted(k for k, r in rows.items() if r["status"] == "success")
+    before = stored_images(downloaded, "webdataset")
+    for key, sample in stored.items():
+        assert sample["image"] == before[key]["image"]  # kept as stored
+        expected = str(imagehash.phash(Image.open(io.BytesIO(sample["image"]))))
+        assert rows[key]["phash"] == expected
+    assert all(r["phash"] is None for r in rows.values() if r["status"] != "success")
