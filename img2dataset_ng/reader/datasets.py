@@ -152,7 +152,7 @@ class InputShard:
     path: str | tuple[str, ...]  # image_folder: the shard's images
     row_count: int = 0
     retry: bool = False
-    sidecars: frozenset[str] = frozenset()  # image_folder: the sidecar files of the whole folder
+    sidecars: frozenset[str] = frozenset()  # image_folder: the sidecar files of its images
 
     def read(self) -> pa.Table:
         """Its rows: input columns, then `__key`, `__status`, `__reason`, `__member` and the `__input_*` ones."""
@@ -181,8 +181,10 @@ class DatasetSharder:
         if self.on_total is not None:  # rows unknown (a tar without its parquet): the bar counts shards
             self.on_total(len(todo), None if None in counts else sum(c for c in counts if c is not None))
         for shard_id, path in todo:
-            rows = len(path) if isinstance(path, tuple) else 0
-            yield InputShard(shard_id, self.reader.config, path, rows, shard_id in self.retry, self.reader.sidecars)
+            folder = isinstance(path, tuple)  # image_folder: its images, and only their sidecars
+            rows = len(path) if folder else 0
+            sidecars = _sidecars_of(path, self.reader.sidecars) if folder else frozenset()  # type: ignore[arg-type]
+            yield InputShard(shard_id, self.reader.config, path, rows, shard_id in self.retry, sidecars)
 
     def _row_count(self, path: str | tuple[str, ...]) -> int | None:
         """The rows of an input shard from its parquet's footer (no row read), or None."""
@@ -305,12 +307,20 @@ def _tar_shard(fs: Any, path: str, rows_only: bool) -> tuple[pa.Table, Callable[
     return _with_defaults(rows), get
 
 
+def _sidecars_of(images: tuple[str, ...], sidecars: frozenset[str]) -> frozenset[str]:
+    """The sidecar files (of the folder's `sidecars`) of these images: what a shard pickles is its own."""
+    return frozenset(p for p in _sidecar_names(images) if p in sidecars)
+
+
+def _sidecar_names(images: tuple[str, ...]) -> list[str]:
+    return [stem + "." + ext for stem in (p.rpartition(".")[0] for p in images) for ext in SIDECARS]
+
+
 def _folder_rows(config: ReadConfig, images: tuple[str, ...], sidecars: frozenset[str]) -> pa.Table:
     """image_folder: a row per image: its url, the caption of `NAME.txt`, the label of `NAME.cls` (a `cls`
     column, and a `KEY.cls` member), the text of `NAME.json` (a `sidecar_json` column)."""
     fs = input_fs(config, images[0])
-    wanted = [stem + "." + ext for stem in (p.rpartition(".")[0] for p in images) for ext in SIDECARS]
-    present = [p for p in wanted if p in sidecars]
+    present = [p for p in _sidecar_names(images) if p in sidecars]
     contents = fs.cat(present) if present else {}
     texts = {p: contents.get(p, b"").decode("utf-8", "replace") for p in present}
     rows = []
