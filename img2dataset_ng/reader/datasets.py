@@ -281,21 +281,24 @@ def _tar_shard(fs: Any, path: str, rows_only: bool) -> tuple[pa.Table, Callable[
                     continue
                 key, _, extension = member.name.rpartition("/")[2].partition(".")
                 extension = extension.lower()
+                content = data[member.offset_data : member.offset_data + member.size] if not has_rows else b""
                 if extension in IMAGE_EXTENSIONS and key not in images:
                     images[key] = (member.offset_data, member.size)
-                elif not has_rows and extension == "json":
-                    records.setdefault(key, {}).update(json.loads(data[member.offset_data :][: member.size]))
-                elif not has_rows and extension == "txt":
-                    caption = data[member.offset_data :][: member.size].decode("utf-8")
-                    records.setdefault(key, {}).setdefault(CAPTION, caption)
+                elif extension == "json" and content:
+                    record = json.loads(content)
+                    records.setdefault(key, {}).update(record if isinstance(record, dict) else {})
+                elif extension == "txt" and content:
+                    records.setdefault(key, {}).setdefault(CAPTION, content.decode("utf-8"))
     if has_rows:
         with fs.open(beside, "rb") as f:
             rows = pq.read_table(f)
     else:  # a tar without its parquet: one row per sample of the tar, from its .json
         keys = list(dict.fromkeys([*images, *records]))
-        rows = pa.Table.from_pylist([{**records.get(k, {}), "key": k} for k in keys]) if keys else pa.table({})
-        if "key" not in rows.column_names:
-            rows = rows.append_column("key", pa.array([], pa.string()))
+        found = [{**records.get(k, {}), "key": k} for k in keys]
+        names = dict.fromkeys(["key", *(name for record in found for name in record)])  # every row's columns
+        rows = pa.table(
+            {name: pa.array([r.get(name) for r in found], pa.string() if name == "key" else None) for name in names}
+        )
     keys = rows.column("key").to_pylist()
     rows = rows.append_column(MEMBER, pa.array(keys, pa.string()))
     view = memoryview(data)
