@@ -48,8 +48,9 @@ def test_two_runs_give_byte_identical_shards(tmp_path, server, output_format):
         )
         outputs.append(shard_files(tmp_path / run))
     first = outputs[0]
-    # the run record; 11 successes: 2 shards of metadata, plus tars / tfrecords, or 3 files per success
-    assert len(first) == 1 + {"webdataset": 4, "parquet": 2, "tfrecord": 4, "files": 2 + 3 * 11}[output_format]
+    # the run record; 11 successes: 2 shards of metadata, plus tars (and their wids index) / tfrecords, or 3
+    # files per success
+    assert len(first) == 1 + {"webdataset": 5, "parquet": 2, "tfrecord": 4, "files": 2 + 3 * 11}[output_format]
     for other in outputs[1:]:
         assert sorted(other) == sorted(first)
         assert [name for name in first if first[name] != other[name]] == []
