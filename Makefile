@@ -37,7 +37,7 @@ demo: install
 	$(PY) examples/demo.py
 
 test: install java
-	$(LOOPBACK_ONLY) $(PY) -m pytest tests -q -p no:cacheprovider --timeout=900 $(PYTEST_ARGS)
+	$(LOOPBACK_ONLY) $(PY) -m pytest tests -q -p no:cacheprovider --timeout=900 --durations=25 $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check img2dataset_ng tests examples bench

@@ -72,8 +72,8 @@ def check_reprocessed(first: Path, second: Path, output_format: str, size: int) 
 
 
 @pytest.mark.parametrize("output_format", ["webdataset", "parquet"])
-def test_a_download_reprocessed_to_another_size_and_format(server, tmp_path, output_format):
-    first = first_download(server, tmp_path)
+def test_a_download_reprocessed_to_another_size_and_format(downloaded, tmp_path, output_format):
+    first = downloaded
     second = tmp_path / "second"
     summary = download(
         str(first),
@@ -104,8 +104,8 @@ def test_every_layout_reads_back(server, tmp_path, output_format):
     check_reprocessed(first, second, "webdataset", 64)
 
 
-def test_input_shard_n_becomes_output_shard_n_from_a_brace_pattern(server, tmp_path):
-    first = first_download(server, tmp_path)
+def test_input_shard_n_becomes_output_shard_n_from_a_brace_pattern(downloaded, tmp_path):
+    first = downloaded
     second = tmp_path / "second"
     download(
         str(first) + "/{00001..00002}.tar",
@@ -122,8 +122,8 @@ def test_input_shard_n_becomes_output_shard_n_from_a_brace_pattern(server, tmp_p
         assert [r["key"] for r in json_rows(second / f"{shard}.parquet")] == old
 
 
-def test_a_tar_without_its_parquet_reads_its_json(server, tmp_path):
-    first = first_download(server, tmp_path)
+def test_a_tar_without_its_parquet_reads_its_json(downloaded, tmp_path):
+    first = downloaded
     alone = tmp_path / "alone"
     alone.mkdir()
     (alone / "00000.tar").write_bytes((first / "00000.tar").read_bytes())
@@ -138,8 +138,8 @@ def test_a_tar_without_its_parquet_reads_its_json(server, tmp_path):
     assert all(r["status"] == "success" and min(r["width"], r["height"]) == 64 for r in rows)
 
 
-def test_bad_shard_inputs_fail_before_any_work(server, tmp_path):
-    first = first_download(server, tmp_path)
+def test_bad_shard_inputs_fail_before_any_work(downloaded, tmp_path):
+    first = downloaded
     with pytest.raises(InputError, match="holds no parquet_shards shard|no image column"):
         download(str(first), input_format="parquet_shards", output_folder=str(tmp_path / "x"))
     with pytest.raises(InputError, match="does not exist"):
@@ -161,8 +161,8 @@ def json_rows(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
-def test_stats_name_the_input(server, tmp_path):
-    first = first_download(server, tmp_path)
+def test_stats_name_the_input(downloaded, tmp_path):
+    first = downloaded
     second = tmp_path / "second"
     download(str(first), input_format="webdataset", output_folder=str(second), image_size=64, processes_count=1)
     stats = read_stats(second)
