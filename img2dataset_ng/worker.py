@@ -90,8 +90,8 @@ class ShardWorker:
         folder.remove([stats_file(shard_name), *(shard_file(shard_name, s) for s in writer_class.suffixes)])
         folder.makedirs()  # a worker may run where the driver did not make it (a node-local path)
 
-        table = shard.read()
-        images = shard.open_images() if isinstance(shard, InputShard) else None  # existing shards as input
+        # existing shards as input: their rows, and their images
+        table, images = shard.load() if isinstance(shard, InputShard) else (shard.read(), None)
         stages = download_stages(config, images)
         if images is not None:  # the input's key, status and reason; columns the stages fill again aside
             table = input_rows(table, frozenset(c.name for c in columns_of(stages)))

@@ -24,7 +24,7 @@ from img2dataset_ng.reader.datasets import expand_braces
 from tests.outputs import image_size, read_metadata, read_stats, stored_images, tar_samples, write_url_list
 from tests.server import make_image
 from tests.test_pipeline import corpus_rows
-from tests.test_retry import as_img2dataset_147
+from tests.test_retry import as_img2dataset_147, stats_as_147
 from tests.test_storage import fetch, fresh_prefix, s3  # noqa: F401 - s3: the S3 server fixture
 
 PER_SHARD = 5
@@ -242,27 +242,6 @@ def rows_as_147(parquet: Path, failures: dict[str, str], shuffle: random.Random)
             row.update(status="failed_to_download", error_message=failures[row["key"]], exif=None, sha256=None)
             row.update(width=None, height=None, original_width=None, original_height=None)
     return rows
-
-
-def stats_as_147(rows: list[dict]) -> str:
-    """1.47's NNNNN_stats.json: no shard_id, no hosts."""
-    statuses = [row["status"] for row in rows]
-    reasons: dict[str, int] = {}
-    for row in rows:
-        reasons[row["error_message"] or "success"] = reasons.get(row["error_message"] or "success", 0) + 1
-    return json.dumps(
-        {
-            "count": len(rows),
-            "successes": statuses.count("success"),
-            "failed_to_download": statuses.count("failed_to_download"),
-            "failed_to_resize": statuses.count("failed_to_resize"),
-            "duration": 1.5,
-            "start_time": 1700000000.0,
-            "end_time": 1700000001.5,
-            "status_dict": reasons,
-        },
-        indent=4,
-    )
 
 
 def as_img2dataset_147_parquet(reference: Path, target: Path, failures: dict[str, str]) -> None:

@@ -344,12 +344,17 @@ def as_img2dataset_147(reference: Path, target: Path, failures: dict[str, str]) 
                     info.size, info.mtime, info.mode = len(data), time.time(), 0o444
                     info.uname = info.gname = "bigdata"
                     tar.addfile(info, io.BytesIO(data))
-        reasons: dict[str, int] = {}
-        for row in rows:
-            reason = row["error_message"] or "success"
-            reasons[reason] = reasons.get(reason, 0) + 1
-        statuses = [row["status"] for row in rows]
-        stats = {
+        (target / f"{shard}_stats.json").write_text(stats_as_147(rows))
+
+
+def stats_as_147(rows: list[dict]) -> str:
+    """1.47's NNNNN_stats.json: no shard_id, no hosts."""
+    statuses = [row["status"] for row in rows]
+    reasons: dict[str, int] = {}
+    for row in rows:
+        reasons[row["error_message"] or "success"] = reasons.get(row["error_message"] or "success", 0) + 1
+    return json.dumps(
+        {
             "count": len(rows),
             "successes": statuses.count("success"),
             "failed_to_download": statuses.count("failed_to_download"),
@@ -358,8 +363,9 @@ def as_img2dataset_147(reference: Path, target: Path, failures: dict[str, str]) 
             "start_time": 1700000000.0,
             "end_time": 1700000001.5,
             "status_dict": reasons,
-        }
-        (target / f"{shard}_stats.json").write_text(json.dumps(stats, indent=4))
+        },
+        indent=4,
+    )
 
 
 def test_retry_of_a_folder_made_by_img2dataset_147(tmp_path, server, flaky):

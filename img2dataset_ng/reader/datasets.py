@@ -154,17 +154,12 @@ class InputShard:
     retry: bool = False
     sidecars: frozenset[str] = frozenset()  # image_folder: the sidecar files of its images
 
-    def read(self) -> pa.Table:
-        """Its rows: input columns, then `__key`, `__status`, `__reason`, `__member` and the `__input_*` ones."""
+    def load(self) -> tuple[pa.Table, Callable[[Any], bytes | None]]:
+        """Its rows (input columns, then `__key`, `__status`, `__reason`, `__member`), and `get(member)`:
+        the image bytes of a row (by its `__member`), or None; the shard's files are read once."""
         if isinstance(self.path, tuple):
-            return _folder_rows(self.config, self.path, self.sidecars)
-        return _rows_and_images(self.config, self.path, rows_only=True)[0]
-
-    def open_images(self) -> Callable[[Any], bytes | None]:
-        """`get(member)`: the image bytes of a row (by its `__member`), or None."""
-        if isinstance(self.path, tuple):
-            return input_fs(self.config, self.path[0]).cat_file
-        return _rows_and_images(self.config, self.path, rows_only=False)[1]
+            return _folder_rows(self.config, self.path, self.sidecars), input_fs(self.config, self.path[0]).cat_file
+        return _rows_and_images(self.config, self.path, rows_only=False)
 
 
 class DatasetSharder:
