@@ -8,6 +8,8 @@ EXTRAS = {
     "ray": ["ray>=2.9"],
     "s3": ["s3fs>=2023.1"],
     "wandb": ["wandb>=0.16"],
+    # model="x.onnx" (stages/model.py); on GPU machines install onnxruntime-gpu instead
+    "model": ["onnxruntime>=1.16"],
     "dev": [
         "pytest>=7",
         "pytest-timeout>=2",
@@ -27,6 +29,7 @@ EXTRAS = {
         "trustme",
         "imagehash",
         "wids",
+        "onnx",  # the tests build their own small models
         # wids imports torch: its CPU build (the default wheel brings gigabytes of CUDA libraries)
         'torch==2.13.0+cpu; sys_platform == "linux" and platform_machine == "x86_64"',
     ],

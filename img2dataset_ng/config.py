@@ -21,6 +21,7 @@ from .options import (
     IncrementalMode,
     InputFormat,
     Interpolation,
+    ModelLayout,
     ResizeMode,
     default,
     parse_options,
@@ -104,6 +105,29 @@ class MetadataConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """The model stage (stages/model.py): which model, what its input is, where its outputs go."""
+
+    model: str | None = default("model")  # an .onnx file's url, or module:Class; None: no model stage
+    model_input_size: int = default("model_input_size")
+    model_mean: tuple[float, float, float] = default("model_mean")
+    model_std: tuple[float, float, float] = default("model_std")
+    model_layout: ModelLayout = default("model_layout")
+    model_batch_size: int = default("model_batch_size")
+    model_output: str | None = default("model_output")
+    model_column: str = default("model_column")
+    model_save_npy: bool = default("model_save_npy")
+    model_pool_size: int | None = default("model_pool_size")
+    model_num_gpus: float | None = default("model_num_gpus")
+    storage_options: tuple[tuple[str, Any], ...] = ()  # to read the .onnx file
+    processes_per_machine: int = 1  # worker processes that share the machine's cores (onnxruntime's threads)
+    # found by `stages.model.resolve` before any work: name, content hash, output size
+    info: Any = field(default=None, compare=False)
+    # with distributor=ray: the actor pool that runs the batches (`distributors.ray.ModelPool`), else None
+    pool: Any = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
 class WriteConfig:
     """What a shard's output looks like and where it goes."""
 
@@ -138,6 +162,7 @@ class Config:
     metadata: MetadataConfig = field(default_factory=MetadataConfig)
     write: WriteConfig = field(default_factory=WriteConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     stages: tuple[StageFactory, ...] = ()  # the user's stages, after the built-in ones
 
     @property
@@ -181,6 +206,12 @@ class Config:
             ),
             run=_section(
                 RunConfig, values, tmp_folder=None if tmp_folder is None else Folder(tmp_folder, storage_options)
+            ),
+            model=_section(
+                ModelConfig,
+                values,
+                storage_options=tuple(sorted(storage_options.items())),
+                processes_per_machine=values["processes_count"],
             ),
             stages=tuple(STAGES.get(name) for name in values["stages"]),
         )

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
@@ -30,6 +31,7 @@ from .observers import Progress, WandbLogger, log_failures
 from .options import OPTIONS, SIGNATURE, IncrementalMode, bind
 from .reader import Sharder, UrlListReader
 from .reader.datasets import SHARD_FORMATS, DatasetReader, DatasetSharder
+from .stages import model
 from .stages.pipeline import check_columns, download_stages
 from .stats import ShardStats, Summary, parse_stats_file
 from .storage import Folder, accessing
@@ -53,6 +55,7 @@ The options are img2dataset's, plus a few of ours (`img2dataset-ng --help` shows
 def run(config: Config) -> Summary:
     """Run a validated configuration: every check first, then the shards, holding the folder's lock."""
     start_distributor = DISTRIBUTORS.get(config.run.distributor)  # a bad name or missing engine fails now
+    config = model.resolve(config)  # the model (model=...) is loaded and run once here: its output size
     stages = download_stages(config)  # built here once so that their columns are checked before any work
     check_columns(config, stages)
     for stage in stages:
@@ -149,6 +152,8 @@ def execute(
 
     start = time.monotonic()
     try:
+        if config.model.model is not None and hasattr(distributor, "model_pool"):  # Ray's actors run the batches
+            config = replace(config, model=replace(config.model, pool=distributor.model_pool(config.model)))
         worker = ShardWorker(config.with_workers(getattr(distributor, "workers", config.run.processes_count)))
         failed = run_shards(distributor, worker, sharder, config.run.max_shard_retry, shard_done, bar.samples_done)
     except KeyboardInterrupt:  # finished shards are kept: the same command finishes the job

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 import ipaddress
+import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -68,6 +70,11 @@ class HashType(str, Enum):
     SHA512 = "sha512"
 
 
+class ModelLayout(str, Enum):
+    NCHW = "NCHW"  # (batch, channels, height, width): ONNX exports of torch models
+    NHWC = "NHWC"  # (batch, height, width, channels): TensorFlow's
+
+
 class IncrementalMode(str, Enum):
     INCREMENTAL = "incremental"
     OVERWRITE = "overwrite"
@@ -76,6 +83,7 @@ class IncrementalMode(str, Enum):
 
 
 DEFAULT_DISALLOWED_HEADER_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+MODULE_CLASS = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 TRUE, FALSE = {"true", "1", "yes", "y"}, {"false", "0", "no", "n"}
 E = TypeVar("E", bound=Enum)
 Parse = Callable[[str, Any], Any]  # (option name, value) -> canonical value, or ConfigError
@@ -200,6 +208,27 @@ def resolve_entries(option: str, value: Any) -> tuple[tuple[str, int, tuple[str,
     return tuple(entries)
 
 
+def model_source(option: str, value: Any) -> str:
+    """An `.onnx` file's path or url, or `module:Class`."""
+    text = str(value).strip()
+    if not text or not (text.endswith(".onnx") or "/" in text or MODULE_CLASS.fullmatch(text)):
+        raise ConfigError(
+            f"{option} must be the path or url of an .onnx file, or module:Class of a Python model; got {value!r}"
+        )
+    return text
+
+
+def channels(option: str, value: Any) -> tuple[float, float, float]:
+    """Three numbers, one per RGB channel."""
+    try:
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        numbers = ()
+    if len(numbers) != 3 or not all(math.isfinite(n) for n in numbers):
+        raise ConfigError(f"{option} must be three numbers, one per channel (R, G, B); got {value!r}")
+    return numbers  # type: ignore[return-value]
+
+
 def optional(parse: Parse) -> Parse:
     return lambda option, value: None if value is None else parse(option, value)
 
@@ -261,7 +290,13 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "skip_reencode", bool, False, "keep the original bytes when no resize happened and the format matches", boolean
     ),
-    Option("output_format", str, "files", "files, webdataset, parquet, tfrecord, dummy, or a registered writer", text),
+    Option(
+        "output_format",
+        str,
+        "files",
+        "files, webdataset, parquet, tfrecord, metadata (NNNNN.parquet only), dummy, or a registered writer",
+        text,
+    ),
     Option("input_format", str, "txt", _enum_help(InputFormat), one_of(InputFormat)),
     Option("url_col", str, "url", "url column", text),
     Option("caption_col", str, None, "caption column; when set, captions are saved", optional(text), True),
@@ -448,6 +483,72 @@ OPTIONS: tuple[Option, ...] = (
         "turn images upright by their EXIF orientation before resizing (sizes and boxes are then the upright "
         "image's); False keeps the pixels as stored, as img2dataset 1.47",
         boolean,
+    ),
+    Option(
+        "model",
+        str,
+        None,
+        "run a model on every stored image: the path or url of an .onnx file (onnxruntime), or module:Class of a "
+        "Python class called with a batch array; its outputs go to the metadata column model_column",
+        optional(model_source),
+        True,
+    ),
+    Option(
+        "model_input_size",
+        int,
+        224,
+        "the model's input: images are resized (shorter side) and center cropped to this many pixels square",
+        at_least(1),
+    ),
+    Option(
+        "model_mean",
+        list,
+        [0.485, 0.456, 0.406],
+        "per-channel mean subtracted from RGB values in [0, 1] (default ImageNet's)",
+        channels,
+    ),
+    Option(
+        "model_std",
+        list,
+        [0.229, 0.224, 0.225],
+        "per-channel standard deviation the values are divided by (default ImageNet's)",
+        channels,
+    ),
+    Option("model_layout", str, "NCHW", f"the model's input layout: {_enum_help(ModelLayout)}", one_of(ModelLayout)),
+    Option("model_batch_size", int, 32, "images the model is run on at once", at_least(1)),
+    Option(
+        "model_output",
+        str,
+        None,
+        "the model output to keep (an ONNX output name); None keeps the first",
+        optional(text),
+        True,
+    ),
+    Option("model_column", str, "embedding", "the metadata column of the model's output (float32, fixed size)", text),
+    Option(
+        "model_save_npy",
+        bool,
+        False,
+        "also write each shard's outputs as NNNNN.npy, row for row with "
+        "NNNNN.parquet (NaN rows where the model gave none)",
+        boolean,
+    ),
+    Option(
+        "model_pool_size",
+        int,
+        None,
+        "with distributor=ray: actors that hold the model; None means one per "
+        "model_num_gpus of the cluster's GPUs, or a quarter of its CPUs without GPUs",
+        optional(at_least(1)),
+        True,
+    ),
+    Option(
+        "model_num_gpus",
+        float,
+        None,
+        "with distributor=ray: GPUs per model actor; None means 1 when the cluster has GPUs, else 0 (CPU actors)",
+        optional(at_least(0, float)),
+        True,
     ),
 )
 BY_NAME = {option.name: option for option in OPTIONS}

@@ -16,7 +16,7 @@ from typing import Any
 from .config import Config, plain
 from .errors import ConfigError
 from .naming import RUN_RECORD
-from .options import IncrementalMode
+from .options import IncrementalMode, default
 from .reader import UrlListReader
 from .storage import Folder
 from .version import __version__
@@ -51,22 +51,37 @@ OUTPUT_OPTIONS = (
     "stages",
     "compute_phash",
     "apply_exif_orientation",
+    "model",
+    "model_sha256",
+    "model_input_size",
+    "model_mean",
+    "model_std",
+    "model_layout",
+    "model_output",
+    "model_column",
+    "model_save_npy",
 )
 # output-shaping options added after records were first written: a record without one was made with its default
-ADDED_LATER = {"compute_phash": False, "apply_exif_orientation": False}
+ADDED_LATER = {
+    "compute_phash": False,
+    "apply_exif_orientation": False,
+    **{name: plain(default(name)) for name in OUTPUT_OPTIONS if name.startswith("model") and name != "model_sha256"},
+    "model_sha256": None,
+}
 HEAD_BYTES = 65536  # of the first input file, hashed: a cheap check that it is the same list
 
 
 def output_options(config: Config) -> dict[str, Any]:
     fields = {
         f.name: getattr(section, f.name)
-        for section in (config.read, config.resize, config.metadata, config.write)
+        for section in (config.read, config.resize, config.metadata, config.write, config.model)
         for f in dataclasses.fields(section)
     }
     fields["verify_hash"] = (
         None if fields["verify_hash_col"] is None else [fields["verify_hash_col"], fields["verify_hash_type"]]
     )
     fields["stages"] = config.stages
+    fields["model_sha256"] = None if config.model.info is None else config.model.info.sha256
     return {name: plain(fields[name]) for name in OUTPUT_OPTIONS}
 
 

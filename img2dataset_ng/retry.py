@@ -42,6 +42,7 @@ from .naming import (
 )
 from .options import IncrementalMode
 from .sample import CORE_COLUMNS, URL, Sample, Status
+from .stages.model import extra_suffixes
 from .stats import SUCCESS_REASON
 from .storage import Folder
 from .writers.base import StoredImages
@@ -176,6 +177,7 @@ class RetryShard:
         self.output = config.write.output_folder
         self.shard_name = shard_name
         self.writer = config.write.writer
+        self.suffixes = (*self.writer.suffixes, *extra_suffixes(config))  # the writer's files, and NNNNN.npy
         self.image_format = config.resize.encode_format.value
         self.selection = Selection.of(config.run.retry_failed_reasons)
         self.staging_name = retry_staging_name(shard_name)
@@ -231,7 +233,7 @@ class RetryShard:
     def commit(self) -> None:
         """The staged shard is complete (its stats file too): record the moves, then make them."""
         moves, remove = [], []
-        for suffix in self.writer.suffixes:
+        for suffix in self.suffixes:
             name = shard_file(self.shard_name, suffix)
             if suffix:
                 if self.staging.has(name):

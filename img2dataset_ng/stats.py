@@ -70,6 +70,7 @@ class ShardStats:
     # per host: requests, throttled (429/503), backoff_seconds, refusals (opt-outs), given_up (a reason);
     # the most throttled, then most requested hosts (`politeness.TOP_HOSTS`)
     hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model: dict[str, Any] | None = None  # model=...: its name, content hash, column and output size
 
     @property
     def duration(self) -> float:
@@ -87,6 +88,7 @@ class ShardStats:
                 "end_time": self.end_time,
                 "status_dict": status_dict,
                 "hosts": self.hosts,
+                **({"model": self.model} if self.model is not None else {}),
             },
             indent=4,
         )

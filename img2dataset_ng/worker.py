@@ -35,6 +35,7 @@ from .reader.datasets import INPUT_KEY, INPUT_REASON, INPUT_STATUS, InputShard, 
 from .retry import RetryShard
 from .sample import INPUT_ERROR, Deferred, Sample, Status, metadata_schema
 from .stages.base import Stage, columns_of, run_stages
+from .stages.model import extra_suffixes, npy_rows
 from .stages.pipeline import download_stages
 from .stages.politeness import HostScheduler
 from .stats import ShardStats
@@ -87,10 +88,12 @@ class ShardWorker:
         retry = RetryShard(config, shard_name) if shard.retry else None
         folder = config.write.output_folder if retry is None else retry.staging
         # what an interrupted attempt may have left; the stats file first
-        folder.remove([stats_file(shard_name), *(shard_file(shard_name, s) for s in writer_class.suffixes)])
+        suffixes = (*writer_class.suffixes, *extra_suffixes(config))
+        folder.remove([stats_file(shard_name), *(shard_file(shard_name, s) for s in suffixes)])
         folder.makedirs()  # a worker may run where the driver did not make it (a node-local path)
 
         # existing shards as input: their rows, and their images
+        npy = npy_rows(config)  # model_save_npy: NNNNN.npy beside the metadata
         table, images = shard.load() if isinstance(shard, InputShard) else (shard.read(), None)
         stages = download_stages(config, images)
         if images is not None:  # the input's key, status and reason; columns the stages fill again aside
@@ -118,6 +121,8 @@ class ShardWorker:
                     if images is not None and sample.ok:
                         carry_download_columns(sample.row, sample.fields)
                     writer.write(sample)
+                    if npy is not None:
+                        npy.add(sample)
                     stats.counts.add(sample)
                     if report is not None and (time.monotonic() >= next_report or stats.counts.count == len(samples)):
                         done = (stats.counts.count, stats.counts.successes)
@@ -128,6 +133,10 @@ class ShardWorker:
                 stage.close()
         if scheduler is not None:
             stats.hosts = scheduler.host_stats()
+        if npy is not None:
+            npy.write(folder, shard_name)
+        if config.model.info is not None:
+            stats.model = config.model.info.as_dict(config.model.model_column)
 
         stats.end_time = time.time()
         folder.write(stats_file(shard_name), stats.to_json().encode("utf-8"))

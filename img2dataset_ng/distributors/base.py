@@ -7,7 +7,8 @@ forwards it to `on_progress` in the driver where it can. A `report` may also hav
 which the shard worker calls once when its shard only waits for hosts that back off: a distributor that
 gives it one may start another shard in the same process (`local.py` does). `run_shards` (shared by every
 distributor) re-runs failed shards `max_shard_retry` times, so resume, stats and retry semantics
-cannot drift between backends.
+cannot drift between backends. A distributor with a `model_pool` method runs the model stage's batches
+where it chooses (`ray.py`: an actor pool).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class Distributor(Protocol):
     reports_progress: bool  # whether `map` forwards the running shards' reports to `on_progress`
     # optional: how many shards run at once (they share max_host_rate); processes_count when absent
     # workers: int
+    # optional: `model_pool(model_config)`, a callable that runs the model stage's batches elsewhere (Ray's
+    # actor pool); without it each worker process loads the model itself
+    # def model_pool(self, config: ModelConfig) -> Callable[[np.ndarray], np.ndarray]: ...
 
     def map(
         self, fn: ShardFn, shards: Iterable[S], on_progress: Report | None = None

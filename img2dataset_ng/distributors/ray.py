@@ -5,27 +5,72 @@ this machine (`address="auto"`), else a local instance started here and stopped 
 At most 2 x the cluster's CPUs shards are in flight (`subjob_size` plays no part). A shard whose
 worker dies, or that raises, is retried by `run_shards` (`max_shard_retry` rounds), as with every
 distributor; a retried shard is rewritten from scratch.
+
+With model=..., the model lives in an actor pool (`ModelPool`): each actor loads it once (on its GPU
+when the cluster has GPUs: `model_num_gpus` each, else on `CPUS_PER_MODEL_ACTOR` CPU), the shard
+tasks decode and preprocess, and each batch goes to an actor in turn. A task waits for its batch's
+output before its threads start more samples, so the images in flight are bounded by the shards in
+flight (backpressure); a dead actor is restarted and its calls are tried again (`max_restarts`,
+`max_task_retries`), so a killed model worker costs time, not output.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import random
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import ray
 
-from ..config import RunConfig
+from ..config import ModelConfig, RunConfig
+from ..stages import model
 from .base import Report, ShardFn, fill, no_progress
 
 logger = logging.getLogger(__name__)
+CPUS_PER_MODEL_ACTOR = 1  # without GPUs: a model actor's CPUs (and onnxruntime's threads in it)
+CPUS_PER_ACTOR_IN_POOL = 4  # without GPUs and without model_pool_size: one actor per this many CPUs
 
 
 # no retries of Ray's own: a shard whose worker died fails like any other, and run_shards retries it
 @ray.remote(num_cpus=1, max_retries=0, retry_exceptions=False)
 def _run_shard(fn: ShardFn, shard: Any) -> Any:
     return fn(shard, no_progress)
+
+
+class _ModelActor:
+    """Holds the model (loaded once, when the actor starts) and runs batches on it."""
+
+    def __init__(self, config: ModelConfig, threads: int, gpu: bool):
+        self.runner = model.load(config, threads=threads, gpu=gpu)[0]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return model.run_batch(self.runner, batch)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class ModelPool:
+    """The model stage's runner under Ray: picklable (actor handles), called with a batch from any task's
+    threads; the batches go to the actors in turn, from a random first one per process."""
+
+    def __init__(self, actors: list[Any]):
+        self.actors = actors
+        self._turns = itertools.count(random.randrange(len(actors)))  # next() on it is atomic under the GIL
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"actors": self.actors}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["actors"])
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        actor = self.actors[next(self._turns) % len(self.actors)]
+        return ray.get(actor.run.remote(batch))
 
 
 class RayDistributor:
@@ -76,6 +121,27 @@ class RayDistributor:
                 outcome = error
             yield shard, outcome
 
+    def model_pool(self, config: ModelConfig) -> ModelPool:
+        """Start the model's actors (killed by `close`): `model_pool_size` of them, each with `model_num_gpus`
+        GPUs (default: 1 when the cluster has GPUs) or `CPUS_PER_MODEL_ACTOR` CPUs."""
+        resources = ray.cluster_resources()
+        gpus = config.model_num_gpus if config.model_num_gpus is not None else (1.0 if resources.get("GPU") else 0.0)
+        if config.model_pool_size is not None:
+            size = config.model_pool_size
+        elif gpus > 0:
+            size = max(1, int(resources.get("GPU", 0) / gpus))
+        else:
+            size = max(1, int(resources.get("CPU", self.processes_count)) // CPUS_PER_ACTOR_IN_POOL)
+        cpus = 0 if gpus > 0 else CPUS_PER_MODEL_ACTOR
+        actor = ray.remote(_ModelActor).options(
+            num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1, max_concurrency=1
+        )
+        self.actors = [actor.remote(config, max(1, cpus), gpus > 0) for _ in range(size)]
+        logger.info("model %s: %d actor(s) with %s GPU(s) each", config.model, size, gpus)
+        return ModelPool(self.actors)
+
     def close(self) -> None:
+        for actor in getattr(self, "actors", []):
+            ray.kill(actor)
         if self.owned:
             ray.shutdown()

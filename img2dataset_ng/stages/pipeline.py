@@ -1,6 +1,6 @@
 """The download path as a list of stages built from the configuration, and the checks on its columns.
 
-fetch -> verify hash -> resize -> exif -> hash -> phash -> the user's stages. The metadata columns come
+fetch -> verify hash -> resize -> exif -> hash -> phash -> model -> the user's stages. The metadata columns come
 out in img2dataset's order: input columns, key, status, error_message, width, height,
 original_width, original_height, exif, the hash; then the new ones behind options (phash).
 """
@@ -13,7 +13,7 @@ from typing import Any
 from ..config import Config
 from ..errors import ConfigError
 from ..sample import CAPTION, CORE_COLUMNS, PRIVATE_PREFIX, URL
-from . import exif, phash, resize
+from . import exif, model, phash, resize
 from .base import Stage, columns_of
 from .fetch import Fetch
 from .hashes import HASH_COLUMNS, ComputeHash, VerifyHash
@@ -34,13 +34,16 @@ def download_stages(config: Config, images: Callable[[Any], bytes | None] | None
     if config.metadata.verify_hash_type is not None:
         stages.append(VerifyHash(config.metadata.verify_hash_type))
     # the pixels resize encoded stay on the sample for the stages that read them: none decodes the image again
-    stages.append(resize.Resize(config.resize, keep_pixels=config.metadata.compute_phash or bool(config.stages)))
+    keep_pixels = config.metadata.compute_phash or config.model.model is not None or bool(config.stages)
+    stages.append(resize.Resize(config.resize, keep_pixels=keep_pixels))
     if config.metadata.extract_exif:
         stages.append(exif.Exif())
     if config.metadata.compute_hash is not None:
         stages.append(ComputeHash(config.metadata.compute_hash))
     if config.metadata.compute_phash:
         stages.append(phash.PHash(config.resize))
+    if config.model.model is not None:
+        stages.append(model.ModelStage(config))
     stages += [factory(config) for factory in config.stages]
     return stages
 

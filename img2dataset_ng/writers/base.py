@@ -169,6 +169,7 @@ WRITERS: Registry[type[ShardWriter]] = Registry(
         "webdataset": Builtin("img2dataset_ng.writers.webdataset:WebDatasetWriter"),
         "parquet": Builtin("img2dataset_ng.writers.parquet:ParquetWriter"),
         "tfrecord": Builtin("img2dataset_ng.writers.tfrecord:TFRecordWriter"),
+        "metadata": Builtin("img2dataset_ng.writers.metadata:MetadataWriter"),
         "dummy": Builtin("img2dataset_ng.writers.dummy:DummyWriter"),
     },
 )
