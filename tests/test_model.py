@@ -9,8 +9,12 @@ image itself, normalised: the expected outputs are computed from the tar's image
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,8 @@ from img2dataset_ng.errors import ConfigError, StorageError
 from img2dataset_ng.stages.model import preprocess
 from tests.models import MeanColour, small_cnn
 from tests.outputs import read_metadata, read_stats, tar_samples, write_url_list
+from tests.test_distributors import kill_first
+from tests.test_storage import fetch, fresh_prefix, s3  # noqa: F401 - s3: the S3 server fixture
 
 onnxruntime = pytest.importorskip("onnxruntime")
 ray = pytest.importorskip("ray")
@@ -271,3 +277,87 @@ def test_another_model_into_the_same_folder_is_refused(first, tmp_path):
             model_save_npy=True,
             **STORED,
         )
+
+
+# --- every place it runs: multiprocessing and Ray, local disk and S3 ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_store(request) -> tuple[object, dict[str, str]]:
+    """moto's filesystem, and storage options that reach it from any process (Ray's workers do not have
+    this process's environment)."""
+    endpoint, fs = request.getfixturevalue("s3")
+    return fs, {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+
+
+def place(where: str, tmp_path: Path, fs, name: str) -> str:
+    return str(tmp_path / name) if where == "local" else f"s3://{fresh_prefix(fs, name)}"
+
+
+def local_copy(url: str, fs, tmp_path: Path) -> Path:
+    """An output folder as a local folder (an S3 one is copied here)."""
+    if not url.startswith("s3://"):
+        return Path(url)
+    return fetch(fs, url[len("s3://") :], tmp_path / f"copy-{url.rsplit('/', 1)[-1]}")
+
+
+@pytest.mark.parametrize(("source", "target"), [("local", "local"), ("local", "s3"), ("s3", "local"), ("s3", "s3")])
+@pytest.mark.parametrize("distributor", ["multiprocessing", "ray"])
+def test_every_distributor_and_storage(tmp_path, server, first, model_file, s3_store, ray_head, monkeypatch,
+                                       distributor, source, target):  # fmt: skip
+    """A download from `source` to `target`, then its shards from `target` back to `source`: the outputs of
+    `first` both times (between them, every local/S3 combination of input and output is run)."""
+    monkeypatch.setenv("RAY_ADDRESS", ray_head)
+    fs, storage_options = s3_store
+    model, urls = str(model_file), str(url_list(tmp_path, image_urls(server)))
+    if source == "s3":
+        model, list_folder = place("s3", tmp_path, fs, "model") + "/small.onnx", place("s3", tmp_path, fs, "urls")
+        fs.put(str(model_file), model[len("s3://") :])
+        fs.put(urls, list_folder[len("s3://") :] + "/urls.parquet")
+        urls = list_folder
+    common = {"distributor": distributor, "storage_options": storage_options, "model": model, "processes_count": 1}
+    out = place(target, tmp_path, fs, "out")
+    shards = {"output_format": "webdataset", "number_sample_per_shard": PER_SHARD, "model_save_npy": True}
+    download(urls, input_format="parquet", output_folder=out, model_batch_size=3, **shards, **STORED, **common)
+    copied = local_copy(out, fs, tmp_path)
+    same_outputs(copied, embeddings(first))
+    check_npy(copied)
+    again = place(source, tmp_path, fs, "again")
+    download(out, input_format="webdataset", output_folder=again, output_format="metadata", resize_mode="no",
+             skip_reencode=True, encode_format="png", **common)  # fmt: skip
+    same_outputs(local_copy(again, fs, tmp_path), embeddings(first))
+    assert not ray.is_initialized()
+
+
+def test_a_killed_model_actor_costs_time_not_output(tmp_path, server, first, model_file, ray_head, monkeypatch):
+    """Ray restarts the model's actor and tries its calls again: the output is the same."""
+    monkeypatch.setenv("RAY_ADDRESS", ray_head)
+    killer = kill_first("ray::_ModelActor", tmp_path / "out")
+    download(str(url_list(tmp_path, image_urls(server, slow=0.5))), input_format="parquet",
+             output_folder=str(tmp_path / "out"), output_format="webdataset", number_sample_per_shard=PER_SHARD,
+             distributor="ray", model=str(model_file), model_batch_size=3, **STORED)  # fmt: skip
+    killer.join(1)
+    assert killer.killed is not None, "no model actor was killed"
+    same_outputs(tmp_path / "out", embeddings(first))
+
+
+def test_a_run_killed_with_sigkill_is_finished_by_the_same_command(tmp_path, server, model_file):
+    urls = url_list(tmp_path, image_urls(server, count=16, slow=0.3))
+    command = [sys.executable, "-m", "img2dataset_ng", "--url_list", str(urls), "--input_format", "parquet",
+               "--output_folder", str(tmp_path / "out"), "--output_format", "webdataset",
+               "--number_sample_per_shard", str(PER_SHARD), "--processes_count", "2", "--model", str(model_file),
+               "--model_batch_size", "3", "--model_save_npy", "True", "--progress", "False"]  # fmt: skip
+    command += [f"--{name}={value}" for name, value in STORED.items()]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(list((tmp_path / "out").glob("*_stats.json"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    assert 2 <= len(list((tmp_path / "out").glob("*_stats.json"))) < 4, "the kill did not land halfway"
+    subprocess.run(command, check=True, capture_output=True, timeout=300)
+    rows = read_metadata(tmp_path / "out").to_pylist()
+    assert len(rows) == 16 and len({row["key"] for row in rows}) == 16
+    assert [row["status"] for row in rows].count("success") == 14  # all but the undecodable image and the 404
+    check_against_onnxruntime(tmp_path / "out", model_file)
+    check_npy(tmp_path / "out")

@@ -164,18 +164,21 @@ _LOADING = threading.Lock()
 def load(config: ModelConfig, threads: int | None = None, gpu: bool = True) -> tuple[Runner, str]:
     """The model of `config` and its content hash, loaded once per process (every shard the process runs
     shares it). `threads`: onnxruntime's intra-op threads, by default the process's share of the cores."""
-    model = config.model or ""
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // max(1, config.processes_per_machine))
-    key = (model, config.model_output, config.storage_options, threads, gpu)
+    key = (config.model, config.model_output, config.storage_options, threads, gpu)
     with _LOADING:
         if key not in _LOADED:
-            if is_python_model(model):
-                _LOADED[key] = _python_model(model)
-            else:
-                data = _read_model(config)
-                _LOADED[key] = (OnnxModel(data, config.model_output, threads, gpu), hashlib.sha256(data).hexdigest())
+            _LOADED[key] = _open(config, threads, gpu)
         return _LOADED[key]
+
+
+def _open(config: ModelConfig, threads: int, gpu: bool) -> tuple[Runner, str]:
+    model = config.model or ""
+    if is_python_model(model):
+        return _python_model(model)
+    data = _read_model(config)
+    return OnnxModel(data, config.model_output, threads, gpu), hashlib.sha256(data).hexdigest()
 
 
 def run_batch(runner: Runner, batch: np.ndarray) -> np.ndarray:
@@ -192,7 +195,7 @@ def resolve(config: Config) -> Config:
     m = config.model
     if m.model is None or m.info is not None:
         return config
-    runner, sha256 = load(m, threads=1, gpu=False)
+    runner, sha256 = _open(m, threads=1, gpu=False)  # not kept: the driver runs no batches
     try:
         row = run_batch(runner, np.zeros((1, *input_shape(m)), np.float32))
     except Exception as error:  # noqa: BLE001 - whatever the model raises, the user gets one line
