@@ -361,3 +361,24 @@ def test_a_run_killed_with_sigkill_is_finished_by_the_same_command(tmp_path, ser
     assert [row["status"] for row in rows].count("success") == 14  # all but the undecodable image and the 404
     check_against_onnxruntime(tmp_path / "out", model_file)
     check_npy(tmp_path / "out")
+
+
+def test_a_model_pool_the_cluster_cannot_place_is_refused(tmp_path, model_file, ray_head, monkeypatch):
+    """Actors that could never start would leave the shards waiting for ever (the cluster: 2 CPUs, no GPU)."""
+    from img2dataset_ng.config import Config
+    from img2dataset_ng.distributors.ray import RayDistributor
+
+    monkeypatch.setenv("RAY_ADDRESS", ray_head)
+    distributor = RayDistributor(2)
+    try:
+        for options, message in [
+            ({"model_num_gpus": 1}, "model_num_gpus=1, but the Ray cluster has 0 GPU(s)"),
+            ({"model_pool_size": 2}, "model_pool_size=2: the Ray cluster (2 CPUs, 0 GPUs) fits 1 model actor(s)"),
+        ]:
+            config = Config.from_options(url_list="-", model=str(model_file), **options)
+            with pytest.raises(ConfigError, match=re.escape(message)):
+                distributor.model_pool(config.model)
+        assert len(distributor.model_pool(Config.from_options(url_list="-", model=str(model_file)).model).actors) == 1
+    finally:
+        distributor.close()
+    assert not ray.is_initialized()

@@ -11,7 +11,8 @@ when the cluster has GPUs: `model_num_gpus` each, else on `CPUS_PER_MODEL_ACTOR`
 tasks decode and preprocess, and each batch goes to an actor in turn. A task waits for its batch's
 output before its threads start more samples, so the images in flight are bounded by the shards in
 flight (backpressure); a dead actor is restarted and its calls are tried again (`max_restarts`,
-`max_task_retries`), so a killed model worker costs time, not output.
+`max_task_retries`), so a killed model worker costs time, not output. A pool the cluster cannot place
+(GPUs it does not have, CPUs the shards need) is refused before the shards start.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ import numpy as np
 import ray
 
 from ..config import ModelConfig, RunConfig
+from ..errors import ConfigError
 from ..stages import model
 from .base import Report, ShardFn, fill, no_progress
 
 logger = logging.getLogger(__name__)
 CPUS_PER_MODEL_ACTOR = 1  # without GPUs: a model actor's CPUs (and onnxruntime's threads in it)
 CPUS_PER_ACTOR_IN_POOL = 4  # without GPUs and without model_pool_size: one actor per this many CPUs
+MODEL_ACTOR_RESTARTS = 3  # then its calls fail, and so do their shards (run_shards retries them): no endless loop
 
 
 # no retries of Ray's own: a shard whose worker died fails like any other, and run_shards retries it
@@ -123,18 +126,33 @@ class RayDistributor:
 
     def model_pool(self, config: ModelConfig) -> ModelPool:
         """Start the model's actors (killed by `close`): `model_pool_size` of them, each with `model_num_gpus`
-        GPUs (default: 1 when the cluster has GPUs) or `CPUS_PER_MODEL_ACTOR` CPUs."""
+        GPUs (default: 1 when the cluster has GPUs) or `CPUS_PER_MODEL_ACTOR` CPUs. Actors the cluster cannot
+        place would never start, and the shards that wait for them would wait for ever: refused here."""
         resources = ray.cluster_resources()
-        gpus = config.model_num_gpus if config.model_num_gpus is not None else (1.0 if resources.get("GPU") else 0.0)
-        if config.model_pool_size is not None:
-            size = config.model_pool_size
-        elif gpus > 0:
-            size = max(1, int(resources.get("GPU", 0) / gpus))
-        else:
-            size = max(1, int(resources.get("CPU", self.processes_count)) // CPUS_PER_ACTOR_IN_POOL)
+        cluster_gpus, cluster_cpus = resources.get("GPU", 0), int(resources.get("CPU", self.processes_count))
+        gpus = config.model_num_gpus if config.model_num_gpus is not None else (1.0 if cluster_gpus else 0.0)
+        if gpus > 0:
+            fits = int(cluster_gpus / gpus)
+            if fits < 1:
+                raise ConfigError(f"model_num_gpus={gpus:g}, but the Ray cluster has {cluster_gpus:g} GPU(s)")
+        else:  # the shard tasks need a CPU too
+            fits = (cluster_cpus - 1) // CPUS_PER_MODEL_ACTOR
+            if fits < 1:
+                raise ConfigError(
+                    f"the model's CPU actors need {CPUS_PER_MODEL_ACTOR} CPU(s) each besides one for the shards; "
+                    f"the Ray cluster has {cluster_cpus}"
+                )
+        size = config.model_pool_size or (fits if gpus > 0 else max(1, cluster_cpus // CPUS_PER_ACTOR_IN_POOL))
+        if size > fits:
+            raise ConfigError(
+                f"model_pool_size={size}: the Ray cluster ({cluster_cpus} CPUs, {cluster_gpus:g} GPUs) fits {fits} "
+                f"model actor(s) of {f'{gpus:g} GPU(s)' if gpus > 0 else f'{CPUS_PER_MODEL_ACTOR} CPU(s)'} "
+                "besides the shards"
+            )
         cpus = 0 if gpus > 0 else CPUS_PER_MODEL_ACTOR
+        # a restarted actor's calls are tried again; an actor that keeps dying fails its shards' calls
         actor = ray.remote(_ModelActor).options(
-            num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1, max_concurrency=1
+            num_cpus=cpus, num_gpus=gpus, max_restarts=MODEL_ACTOR_RESTARTS, max_task_retries=-1, max_concurrency=1
         )
         self.actors = [actor.remote(config, max(1, cpus), gpus > 0) for _ in range(size)]
         logger.info("model %s: %d actor(s) with %s GPU(s) each", config.model, size, gpus)
