@@ -382,3 +382,15 @@ def test_a_model_pool_the_cluster_cannot_place_is_refused(tmp_path, model_file, 
     finally:
         distributor.close()
     assert not ray.is_initialized()
+
+
+def test_a_model_file_changed_during_the_run_fails_its_shards(tmp_path):
+    """The run's shards all have the model its stats name: a worker that finds another file refuses it."""
+    from img2dataset_ng.config import Config
+    from img2dataset_ng.stages import model
+
+    path = small_cnn(tmp_path / "m.onnx")
+    config = model.resolve(Config.from_options(url_list="-", model=str(path)))
+    small_cnn(path, seed=1)  # replaced before a worker loads it
+    with pytest.raises(ConfigError, match="changed since the run started"):
+        model.load(config.model)

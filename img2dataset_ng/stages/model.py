@@ -144,17 +144,30 @@ def _read_model(config: ModelConfig) -> bytes:
             return f.read()
 
 
-def _python_model(name: str) -> tuple[Any, str]:
-    """The class `module:Class` made once, and the sha256 of its module's source (or of its name)."""
-    try:
-        cls = import_path(name)
-    except (ImportError, AttributeError) as error:
-        raise ConfigError(f"model {name!r} cannot be imported: {error}") from None
+class PythonModel:
+    """`module:Class`, made once with no arguments; called with one batch at a time (the user's code need not
+    be thread-safe; a torch model uses its own threads within a call)."""
+
+    def __init__(self, name: str):
+        try:
+            cls = import_path(name)
+        except (ImportError, AttributeError) as error:
+            raise ConfigError(f"model {name!r} cannot be imported: {error}") from None
+        self.model = cls()
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self.lock:
+            return self.model(batch)
+
+
+def _source_hash(name: str) -> str:
+    """The sha256 of the module source of `module:Class` (of the name when there is no source file)."""
     try:
         source = inspect.getsource(importlib.import_module(name.partition(":")[0])).encode("utf-8")
-    except (OSError, TypeError):  # no source file (a compiled module): the name stands for it
+    except (OSError, TypeError):  # a compiled module
         source = name.encode("utf-8")
-    return cls(), hashlib.sha256(source).hexdigest()
+    return hashlib.sha256(source).hexdigest()
 
 
 _LOADED: dict[tuple[Any, ...], tuple[Runner, str]] = {}  # the process's models: loaded once, kept
@@ -170,13 +183,18 @@ def load(config: ModelConfig, threads: int | None = None, gpu: bool = True) -> t
     with _LOADING:
         if key not in _LOADED:
             _LOADED[key] = _open(config, threads, gpu)
-        return _LOADED[key]
+    runner, sha256 = _LOADED[key]
+    if config.info is not None and sha256 != config.info.sha256:  # the shards of one run have one model
+        raise ConfigError(
+            f"model {config.model} changed since the run started (sha256 {sha256}, was {config.info.sha256})"
+        )
+    return runner, sha256
 
 
 def _open(config: ModelConfig, threads: int, gpu: bool) -> tuple[Runner, str]:
     model = config.model or ""
     if is_python_model(model):
-        return _python_model(model)
+        return PythonModel(model), _source_hash(model)
     data = _read_model(config)
     return OnnxModel(data, config.model_output, threads, gpu), hashlib.sha256(data).hexdigest()
 
