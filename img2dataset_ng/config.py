@@ -121,6 +121,7 @@ class ModelConfig:
     model_num_gpus: float | None = default("model_num_gpus")
     storage_options: tuple[tuple[str, Any], ...] = ()  # to read the .onnx file
     processes_per_machine: int = 1  # worker processes that share the machine's cores (onnxruntime's threads)
+    distributor: str = default("distributor")  # multiprocessing: the processes share the cores; else a task per core
     # found by `stages.model.resolve` before any work: name, content hash, output size
     info: Any = field(default=None, compare=False)
     # with distributor=ray: the actor pool that runs the batches (`distributors.ray.ModelPool`), else None

@@ -220,7 +220,7 @@ def prepare_output(config: Config, reader: UrlListReader | DatasetReader) -> tup
         highest = highest_shard_id(names)
         first_shard_id = 0 if highest is None else highest + 1
     else:
-        done = done_shards(folder, sizes, config.write.writer.suffixes)
+        done = done_shards(folder, sizes, (*config.write.writer.suffixes, *model.extra_suffixes(config)))
         if mode is IncrementalMode.RETRY_FAILED:
             redo = retry.shards_to_retry(done, config.run.retry_failed_reasons)
         skip = frozenset(done) - redo

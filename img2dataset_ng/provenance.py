@@ -81,7 +81,9 @@ def output_options(config: Config) -> dict[str, Any]:
         None if fields["verify_hash_col"] is None else [fields["verify_hash_col"], fields["verify_hash_type"]]
     )
     fields["stages"] = config.stages
-    fields["model_sha256"] = None if config.model.info is None else config.model.info.sha256
+    # the model by its file name (or module:Class) and content: the same file under another path is the same model
+    info = config.model.info
+    fields["model"], fields["model_sha256"] = (None, None) if info is None else (info.name, info.sha256)
     return {name: plain(fields[name]) for name in OUTPUT_OPTIONS}
 
 

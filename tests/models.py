@@ -11,10 +11,13 @@ from pathlib import Path
 import numpy as np
 
 
-def small_cnn(path: Path, dim: int = 8, width: int = 4, depth: int = 1, size: int = 224, seed: int = 0) -> Path:
+def small_cnn(
+    path: Path, dim: int = 8, width: int = 4, depth: int = 1, size: int = 224, seed: int = 0, external: bool = False
+) -> Path:
     """An ONNX CNN: `depth` 3x3 convolutions of `width` channels (the first with stride 2), ReLU after each,
     global average pooling, then a dense layer to `dim` values; input `pixels` (N, 3, size, size) float32
-    with a free batch size, output `embedding` (N, dim), and a second output `pooled` (N, width)."""
+    with a free batch size, output `embedding` (N, dim), and a second output `pooled` (N, width).
+    `external`: the weights in `NAME.onnx.data` beside it, as torch.onnx.export writes them."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -54,7 +57,10 @@ def small_cnn(path: Path, dim: int = 8, width: int = 4, depth: int = 1, size: in
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # readable by older onnxruntime releases too
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    if external:
+        onnx.save(model, str(path), save_as_external_data=True, location=Path(path).name + ".data", size_threshold=0)
+    else:
+        onnx.save(model, str(path))
     return Path(path)
 
 

@@ -9,6 +9,7 @@ image itself, normalised: the expected outputs are computed from the tar's image
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -138,6 +139,8 @@ def test_a_download_stores_what_onnxruntime_computes(first, model_file):
     assert got["000011"][0] == "failed_to_download" and got["000011"][1] is None  # the 404
     rows = {row["key"]: row for row in read_metadata(first).to_pylist()}
     assert rows["000002"]["error_message"] == "Image decoding error"
+    _, members = tar_samples(first / "00000.tar")  # the per-sample JSON holds the output as numbers
+    assert json.loads(members["000000"]["json"])["embedding"] == pytest.approx(got["000000"][1], abs=1e-6)
     digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
     for stats in read_stats(first).values():
         assert stats["model"] == {
@@ -168,6 +171,12 @@ def test_over_existing_shards_the_outputs_are_the_same(first, tmp_path, model_fi
     ]  # fmt: skip
     same_outputs(tmp_path / "again", embeddings(first))
     check_npy(tmp_path / "again")
+    (tmp_path / "again" / "00001.npy").unlink()  # a shard without its .npy is not done
+    summary = download(str(first), input_format="webdataset", output_folder=str(tmp_path / "again"),
+                       output_format="metadata", resize_mode="no", encode_format="png", skip_reencode=True,
+                       processes_count=1, model=str(model_file), model_save_npy=True)  # fmt: skip
+    assert (summary.shards_done, summary.shards_skipped) == (1, 1)
+    check_npy(tmp_path / "again")
 
 
 def test_preprocess_resizes_the_shorter_side_and_crops_the_center():
@@ -182,6 +191,9 @@ def test_preprocess_resizes_the_shorter_side_and_crops_the_center():
     nhwc = preprocess(pixels, 100, mean=(0, 0, 0), std=(1, 1, 1), layout="NHWC")
     assert nhwc.shape == (100, 100, 3)
     np.testing.assert_allclose(nhwc[50, 10], np.array(left[::-1]) / 255, atol=1e-6)
+    thin = np.zeros((4, 40000, 3), np.uint8)  # only the center square is resized: 4 x 4 pixels, not 224 x 2.24M
+    thin[:, 19998:20002] = left
+    np.testing.assert_allclose(preprocess(thin, 224)[:, 100, 100], expected_left, atol=1e-5)
     transparent = np.zeros((10, 10, 4), np.uint8)  # alpha 0: white
     np.testing.assert_allclose(preprocess(transparent, 10, (0, 0, 0), (1, 1, 1))[:, 5, 5], [1, 1, 1], atol=1e-6)
 
@@ -261,22 +273,18 @@ def test_bad_model_options_fail_before_any_work(tmp_path, model_file, options, m
     assert not (tmp_path / "out").exists()
 
 
-def test_another_model_into_the_same_folder_is_refused(first, tmp_path):
+def test_another_model_into_the_same_folder_is_refused(first, tmp_path, model_file):
     """`first`'s command again with a model of the same name but other weights: its shards would be skipped
     as done, with the other model's outputs."""
-    other = small_cnn(tmp_path / "small.onnx", seed=1)
+    command = {"url_list": str(first.parent / "urls.parquet"), "input_format": "parquet", "output_folder": str(first),
+               "output_format": "webdataset", "number_sample_per_shard": PER_SHARD, "model_batch_size": 3,
+               "model_save_npy": True, **STORED}  # fmt: skip
     with pytest.raises(ConfigError, match="model_sha256"):
-        download(
-            str(first.parent / "urls.parquet"),
-            input_format="parquet",
-            output_folder=str(first),
-            output_format="webdataset",
-            number_sample_per_shard=PER_SHARD,
-            model=str(other),
-            model_batch_size=3,
-            model_save_npy=True,
-            **STORED,
-        )
+        download(model=str(small_cnn(tmp_path / "small.onnx", seed=1)), **command)
+    (tmp_path / "elsewhere").mkdir()  # the same model under another path is the same model: nothing to do
+    same = tmp_path / "elsewhere" / "small.onnx"
+    same.write_bytes(model_file.read_bytes())
+    assert download(model=str(same), **command).shards_skipped == 2
 
 
 # --- every place it runs: multiprocessing and Ray, local disk and S3 ------------------------------------
@@ -378,7 +386,11 @@ def test_a_model_pool_the_cluster_cannot_place_is_refused(tmp_path, model_file, 
             config = Config.from_options(url_list="-", model=str(model_file), **options)
             with pytest.raises(ConfigError, match=re.escape(message)):
                 distributor.model_pool(config.model)
-        assert len(distributor.model_pool(Config.from_options(url_list="-", model=str(model_file)).model).actors) == 1
+        pool = distributor.model_pool(Config.from_options(url_list="-", model=str(model_file)).model)
+        assert len(pool.actors) == 1 and pool(np.zeros((2, 3, 224, 224), np.float32)).shape == (2, 8)
+        ray.kill(pool.actors[0], no_restart=True)  # dead for good: calls fail, they do not wait
+        with pytest.raises(RuntimeError, match="every model actor died"):
+            pool(np.zeros((2, 3, 224, 224), np.float32))
     finally:
         distributor.close()
     assert not ray.is_initialized()
@@ -394,3 +406,24 @@ def test_a_model_file_changed_during_the_run_fails_its_shards(tmp_path):
     small_cnn(path, seed=1)  # replaced before a worker loads it
     with pytest.raises(ConfigError, match="changed since the run started"):
         model.load(config.model)
+
+
+def test_weights_beside_the_onnx_file_are_read_and_hashed_from_disk_and_s3(tmp_path, model_file, monkeypatch, request):
+    """torch.onnx.export keeps the weights in NAME.onnx.data: read from beside the model wherever it is."""
+    from img2dataset_ng.config import Config
+    from img2dataset_ng.stages import model
+
+    endpoint, fs = request.getfixturevalue("s3")
+    path = small_cnn(tmp_path / "apart.onnx", external=True)
+    digest = hashlib.sha256(path.read_bytes() + (tmp_path / "apart.onnx.data").read_bytes()).hexdigest()
+    prefix = fresh_prefix(fs, "apart")
+    fs.put(str(path), f"{prefix}/apart.onnx")
+    fs.put(str(tmp_path / "apart.onnx.data"), f"{prefix}/apart.onnx.data")
+    monkeypatch.chdir("/")  # not where the model is
+    batch = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    expected = onnxruntime.InferenceSession(str(model_file)).run(["embedding"], {"pixels": batch})[0]
+    for url in (str(path), f"s3://{prefix}/apart.onnx"):
+        config = Config.from_options(url_list="-", model=url, storage_options={"endpoint_url": endpoint})
+        resolved = model.resolve(config).model
+        assert resolved.info.sha256 == digest and resolved.info.dim == 8
+        np.testing.assert_allclose(model.run_batch(model.load(resolved)[0], batch), expected, atol=1e-6)

@@ -21,6 +21,7 @@ import itertools
 import logging
 import os
 import random
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -59,11 +60,13 @@ class _ModelActor:
 
 class ModelPool:
     """The model stage's runner under Ray: picklable (actor handles), called with a batch from any task's
-    threads; the batches go to the actors in turn, from a random first one per process."""
+    threads; the batches go to the actors in turn, from a random first one per process. An actor that died
+    for good (past its restarts) is left out from then on, in this process; with none left, calls fail."""
 
     def __init__(self, actors: list[Any]):
-        self.actors = actors
+        self.actors = list(actors)
         self._turns = itertools.count(random.randrange(len(actors)))  # next() on it is atomic under the GIL
+        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"actors": self.actors}
@@ -72,8 +75,16 @@ class ModelPool:
         self.__init__(state["actors"])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        actor = self.actors[next(self._turns) % len(self.actors)]
-        return ray.get(actor.run.remote(batch))
+        while True:
+            actors = self.actors
+            if not actors:
+                raise RuntimeError("every model actor died (see the Ray logs of _ModelActor)")
+            actor = actors[next(self._turns) % len(actors)]
+            try:
+                return ray.get(actor.run.remote(batch))
+            except ray.exceptions.RayActorError:
+                with self._lock:
+                    self.actors = [a for a in self.actors if a is not actor]
 
 
 class RayDistributor:

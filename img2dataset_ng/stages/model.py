@@ -24,6 +24,8 @@ import importlib
 import inspect
 import io
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 import pyarrow as pa
+from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import ConfigError
 from ..naming import shard_file
@@ -47,6 +50,8 @@ if TYPE_CHECKING:
     from ..config import Config, ModelConfig
 
 NPY_SUFFIX = ".npy"
+WEIGHTS_SUFFIX = ".data"  # NAME.onnx.data: the weights that torch.onnx.export keeps apart from NAME.onnx
+COPY_CHUNK = 1 << 22
 Runner = Callable[[np.ndarray], np.ndarray]  # a batch of preprocessed images -> a batch of outputs
 
 
@@ -75,19 +80,20 @@ def preprocess(
     layout: ModelLayout = ModelLayout.NCHW,
 ) -> np.ndarray:
     """One image's model input from 8-bit BGR or BGRA pixels (OpenCV's order; alpha is composited onto
-    white): shorter side resized to `size` (area when shrinking, bicubic when enlarging), center crop of
-    `size` x `size`, RGB scaled to [0, 1], then `(x - mean) / std` per channel; float32, CHW or HWC."""
+    white): the center square (the shorter side's length), resized to `size` x `size` (area when shrinking,
+    bicubic when enlarging), RGB scaled to [0, 1], then `(x - mean) / std` per channel; float32, CHW or HWC.
+    Cropping first is the shorter side resized then center cropped, without resizing what the crop drops
+    (a 1 x 20000 image would otherwise become 224 x 4,480,000 pixels)."""
     height, width = pixels.shape[:2]
-    scale = size / min(height, width)
-    new_width, new_height = max(size, round(width * scale)), max(size, round(height * scale))
-    if (new_width, new_height) != (width, height):
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-        pixels = cv2.resize(pixels, (new_width, new_height), interpolation=interpolation)
-    top, left = (new_height - size) // 2, (new_width - size) // 2
-    crop = pixels[top : top + size, left : left + size]
-    if crop.shape[2] == 4:
-        crop = onto_white(crop)
-    rgb = crop[:, :, 2::-1].astype(np.float32)  # BGR -> RGB
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = pixels[top : top + side, left : left + side]
+    if side != size:
+        interpolation = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
+        square = cv2.resize(square, (size, size), interpolation=interpolation)
+    if square.shape[2] == 4:
+        square = onto_white(square)
+    rgb = square[:, :, 2::-1].astype(np.float32)  # BGR -> RGB
     scale_by = np.asarray(std, np.float32) * np.float32(255)
     values = (rgb - np.asarray(mean, np.float32) * np.float32(255)) / scale_by  # == (rgb / 255 - mean) / std
     return np.ascontiguousarray(values.transpose(2, 0, 1) if layout is ModelLayout.NCHW else values)
@@ -105,7 +111,7 @@ class OnnxModel:
     """An ONNX model on onnxruntime: one session, called from any thread (`InferenceSession.run` is
     thread-safe); `threads` bounds its intra-op threads (spinning off: idle threads must not burn CPU)."""
 
-    def __init__(self, data: bytes, output: str | None, threads: int, gpu: bool):
+    def __init__(self, path: str, output: str | None, threads: int, gpu: bool):
         try:
             import onnxruntime
         except ImportError:
@@ -121,7 +127,7 @@ class OnnxModel:
         if gpu and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         try:
-            self.session = onnxruntime.InferenceSession(data, options, providers=providers)
+            self.session = onnxruntime.InferenceSession(path, options, providers=providers)
         except Exception as error:  # noqa: BLE001 - onnxruntime's own exception types
             raise ConfigError(f"model: onnxruntime cannot load it: {str(error).strip().splitlines()[0]}") from None
         inputs = self.session.get_inputs()
@@ -137,11 +143,30 @@ class OnnxModel:
         return self.session.run([self.output], {self.input: batch})[0]
 
 
-def _read_model(config: ModelConfig) -> bytes:
-    with accessing(config.model or "", "read model"):
-        fs, path = filesystem(config.model or "", config.storage_options)
-        with fs.open(path, "rb") as f:
-            return f.read()
+def _fetch_model(config: ModelConfig) -> tuple[str, str, str | None]:
+    """A local path of the .onnx file, the sha256 of its bytes and of its weights file, and the temporary
+    folder to remove once it is loaded. Weights kept apart (torch's exporter writes `NAME.onnx.data` beside
+    `NAME.onnx`) are read from beside it, so a model on an object store is copied to a temporary folder
+    with them; a local one is used in place."""
+    url = config.model or ""
+    with accessing(url, "read model"):
+        fs, path = filesystem(url, config.storage_options)
+        files = [path] + [path + WEIGHTS_SUFFIX] * fs.exists(path + WEIGHTS_SUFFIX)
+        digest = hashlib.sha256()
+        local = path if isinstance(fs, LocalFileSystem) else None
+        folder = None if local else tempfile.mkdtemp(prefix="img2dataset-ng-model-")
+        for name in files:
+            with fs.open(name, "rb") as source:
+                copy = None if folder is None else open(os.path.join(folder, name.rsplit("/", 1)[-1]), "wb")
+                try:
+                    while chunk := source.read(COPY_CHUNK):
+                        digest.update(chunk)
+                        if copy is not None:
+                            copy.write(chunk)
+                finally:
+                    if copy is not None:
+                        copy.close()
+        return local or os.path.join(folder or "", path.rsplit("/", 1)[-1]), digest.hexdigest(), folder
 
 
 class PythonModel:
@@ -177,8 +202,9 @@ _LOADING = threading.Lock()
 def load(config: ModelConfig, threads: int | None = None, gpu: bool = True) -> tuple[Runner, str]:
     """The model of `config` and its content hash, loaded once per process (every shard the process runs
     shares it). `threads`: onnxruntime's intra-op threads, by default the process's share of the cores."""
-    if threads is None:
-        threads = max(1, (os.cpu_count() or 1) // max(1, config.processes_per_machine))
+    if threads is None:  # Spark runs a task per core: one thread each; multiprocessing's processes share the cores
+        share = (os.cpu_count() or 1) // max(1, config.processes_per_machine)
+        threads = max(1, share if config.distributor == "multiprocessing" else 1)
     key = (config.model, config.model_output, config.storage_options, threads, gpu)
     with _LOADING:
         if key not in _LOADED:
@@ -195,8 +221,12 @@ def _open(config: ModelConfig, threads: int, gpu: bool) -> tuple[Runner, str]:
     model = config.model or ""
     if is_python_model(model):
         return PythonModel(model), _source_hash(model)
-    data = _read_model(config)
-    return OnnxModel(data, config.model_output, threads, gpu), hashlib.sha256(data).hexdigest()
+    path, sha256, copied = _fetch_model(config)
+    try:
+        return OnnxModel(path, config.model_output, threads, gpu), sha256
+    finally:  # the session holds what it needs
+        if copied is not None:
+            shutil.rmtree(copied, ignore_errors=True)
 
 
 def run_batch(runner: Runner, batch: np.ndarray) -> np.ndarray:
@@ -264,7 +294,7 @@ class ModelStage(BatchStage):
         rows = run_batch(self._runner, np.stack(prepared))
         column = self.config.model_column
         for sample, row in zip(samples, rows):
-            sample.fields[column] = row
+            sample.fields[column] = row.tolist()  # floats: the per-sample JSON and TFRecord get numbers, not text
 
 
 class NpyRows:
