@@ -427,3 +427,13 @@ def test_weights_beside_the_onnx_file_are_read_and_hashed_from_disk_and_s3(tmp_p
         resolved = model.resolve(config).model
         assert resolved.info.sha256 == digest and resolved.info.dim == 8
         np.testing.assert_allclose(model.run_batch(model.load(resolved)[0], batch), expected, atol=1e-6)
+
+
+def test_the_embeddings_example_runs_over_shards(first, tmp_path, model_file):
+    script = Path(__file__).resolve().parents[1] / "examples" / "embeddings.py"
+    command = [sys.executable, str(script), "--model", str(model_file), "--shards", str(first), "--output"]
+    result = subprocess.run([*command, str(tmp_path / "emb")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "embeddings: 8 rows x 8 values (float32)" in result.stdout
+    assert "6 rows with an embedding, 2 without" in result.stdout
+    same_outputs(tmp_path / "emb", embeddings(first))
