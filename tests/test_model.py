@@ -437,3 +437,13 @@ def test_the_embeddings_example_runs_over_shards(first, tmp_path, model_file):
     assert "embeddings: 8 rows x 8 values (float32)" in result.stdout
     assert "6 rows with an embedding, 2 without" in result.stdout
     same_outputs(tmp_path / "emb", embeddings(first))
+
+
+def test_outputs_are_numbers_in_the_per_sample_json_and_tfrecord():
+    """The stage keeps each output as a float32 array (4 bytes a value); the writers store its numbers."""
+    from img2dataset_ng.writers.codecs.tfrecord import feature_of, float_feature
+    from img2dataset_ng.writers.webdataset import sample_json
+
+    output = np.array([1.5, -0.25, 3.0], np.float32)
+    assert feature_of(output) == float_feature([1.5, -0.25, 3.0])
+    assert json.loads(sample_json({"key": "0", "embedding": output})) == {"key": "0", "embedding": [1.5, -0.25, 3.0]}

@@ -294,7 +294,7 @@ class ModelStage(BatchStage):
         rows = run_batch(self._runner, np.stack(prepared))
         column = self.config.model_column
         for sample, row in zip(samples, rows):
-            sample.fields[column] = row.tolist()  # floats: the per-sample JSON and TFRecord get numbers, not text
+            sample.fields[column] = row  # float32 (4 bytes a value where a list of floats takes 32)
 
 
 class NpyRows:

@@ -18,7 +18,12 @@ from .codecs.tar import tar_end, tar_member
 
 
 def sample_json(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, default=str, ensure_ascii=False).encode("utf-8")
+    return json.dumps(record, default=_plain, ensure_ascii=False).encode("utf-8")
+
+
+def _plain(value: Any) -> Any:
+    """A value JSON has no type for: a numpy array (a model's output) as a list of numbers, else its text."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 def caption_text(record: dict[str, Any]) -> bytes:

@@ -10,7 +10,8 @@ The features of a sample's Example are those of img2dataset's tfrecord writer:
   str -> bytes_list (utf-8); bytes -> bytes_list; bool and int -> int64_list; float ->
   float_list (float32); None -> bytes_list holding one empty value (as img2dataset: a reader that
   asks for `error_message` always finds it); a list -> one feature holding all its items (int64
-  when all are ints, float when all are numbers, else bytes); anything else (dicts, dates) ->
+  when all are ints, float when all are numbers, else bytes), a numpy array (a model's output) as
+  the list of its values; anything else (dicts, dates) ->
   its JSON text as bytes. An int outside int64 is stored as its decimal text. A metadata column
   named like the image feature or `txt` is not repeated: the image and the caption keep the name.
 
@@ -226,6 +227,8 @@ def _is_int(value: Any) -> bool:
 
 def feature_of(value: Any) -> bytes:
     """The Feature of one metadata value (the typing rules are in the module docstring)."""
+    if hasattr(value, "tolist") and not isinstance(value, (bytes, str)):  # a numpy array or scalar
+        value = value.tolist()
     if _is_int(value):  # bool included
         return int64_feature([value])
     if isinstance(value, float):
