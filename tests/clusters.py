@@ -33,6 +33,9 @@ def spark_standalone(tmp_path_factory) -> Iterator[str]:
     home = Path(pyspark.__file__).parent
     logs = tmp_path_factory.mktemp("spark")
     env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_WORKER_DIR": str(logs / "work")}
+    env["SPARK_DAEMON_JAVA_OPTS"] = (
+        "-XX:TieredStopAtLevel=1"  # short-lived daemons: C2 compiles cost more than they give
+    )
     port = free_port()
     url = f"spark://127.0.0.1:{port}"
     spark_class = str(home / "bin" / "spark-class")
