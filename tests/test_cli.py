@@ -121,7 +121,7 @@ def test_help_lists_every_option_with_its_default():
     [
         ("resize_mode", "stretch", "no, border, keep_ratio, keep_ratio_largest, center_crop"),
         ("input_format", "xlsx", "txt, txt.gz, csv"),
-        ("output_format", "zip", "files, webdataset, parquet, tfrecord, dummy"),
+        ("output_format", "zip", "files, webdataset, parquet, tfrecord, metadata, dummy"),
         ("distributor", "dask", "multiprocessing, pyspark, ray"),
         ("compute_hash", "crc32", "md5, sha256, sha512"),
         ("encode_format", "gif", "jpg, png, webp"),
