@@ -200,7 +200,7 @@ def test_a_partial_batch_is_processed_after_linger(tmp_path, server):
     [
         ({"stages": ["no-such-stage"]}, "stages must be"),
         ({"stages": ["tests.test_extensions:Nothing"]}, "cannot be imported"),
-        ({"output_format": "jsonl2"}, "output_format must be one of files, webdataset, parquet, tfrecord, metadata, dummy"),
+        ({"output_format": "jsonl2"}, "output_format must be one of files, webdataset, parquet, tfrecord, metadata"),
         ({"stages": ["brightness", "brightness"]}, "a stage adds a column 'brightness' that the metadata already has"),
         ({"stages": ["brightness"], "save_additional_columns": ["brightness"]}, "already has"),
     ],
