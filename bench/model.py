@@ -10,7 +10,8 @@ batch size (`--batch-size`, default 32) in every run; onnxruntime on one intra-o
 spinning, in ours and in Ray's actors alike.
 
 Per round, on the url list of `--count` urls that cycle over the benchmark corpus (bench/corpus.py's
-2000 images, served by nginx; the corpus itself is never remade with another count):
+2000 images, served by nginx; the corpus itself is never remade with another count). The default, 6000
+urls, keeps start-up (about 2 s for ours, 9 s for starting and stopping Ray) a small part of each run:
 
 - (a0) ours, download only (image_size 256, webdataset, 2 processes x 32 threads): the reference;
 - (a) ours, the same download with the model (`model`, `model_batch_size`, `model_save_npy`): the
@@ -23,13 +24,17 @@ Per round, on the url list of `--count` urls that cycle over the benchmark corpu
   ImageNet normalisation to NCHW float32 in `map_batches`, onnxruntime in an actor pool of `map_batches`
   with a callable class (the model loaded once per actor, `concurrency=`), batches of `--batch-size`,
   streaming execution, `write_parquet` of key + embedding. Local Ray with num_cpus=2, started and shut
-  down inside the run (`--ray-configs` picks the layouts, see `RAY_CONFIGS`).
+  down inside the run (`--ray-configs` picks the layouts, see `RAY_CONFIGS`); its embeddings are checked
+  to be (b)'s.
 
-Every run is its own process tree, measured by `compare.run_tool` (wall, user + sys CPU of the tree, peak
-RSS) under a child subreaper that also reaps what Ray's daemons leave orphaned, so their CPU counts too.
-"images/s" is successful images over the wall time of the whole command (start-up included); "work
-images/s" excludes start-up: ours from its first shard's start to its last shard's end (stats files),
-Ray Data's from building the dataset to the end of `write_parquet` (after `ray.init`). Medians over rounds.
+Every run is its own process tree, timed by `compare.run_tool` (wall, peak RSS) under a child subreaper
+(`REAP_ALL`) that keeps what Ray's daemons leave orphaned in the tree. Its CPU (user + sys) is the larger of
+RUSAGE_CHILDREN and a sampling of the tree in /proc (`TreeCpu`): Ray's raylet ignores SIGCHLD, so the CPU
+of Ray's workers never reaches RUSAGE_CHILDREN. A Ray run that hangs is ended by a watchdog, reported and
+left out of the medians. "images/s" is successful images over the wall time of the whole command
+(start-up included); "work images/s" excludes start-up: ours from its first shard's start to its last
+shard's end (stats files), Ray Data's from building the dataset to the end of `write_parquet` (after
+`ray.init`). Medians over rounds; the order of the runs alternates by round, (a0) first.
 """
 
 from __future__ import annotations
@@ -85,10 +90,12 @@ RAY_CONFIGS: dict[str, dict[str, Any]] = {
     "fused x2": {"io_cpus": 0.25, "tasks": None, "actors": 2, "actor_cpus": 0.75, "actor_does": "jpg"},
     "decode in read": {"io_cpus": None, "tasks": None, "actors": 1, "actor_cpus": 1, "actor_does": "crops"},
 }
-DEFAULT_RAY_CONFIGS = ["guide", "decode in read"]  # the best two of a tuning run (bench/RESULTS.md)
+# tried on 1989 images, batch 32 (work images/s): guide 97, decode in read 81, fused x2 71, split 63,
+# split uint8 62; batch 16, 64 or 128 within noise of 32 (bench/RESULTS.md)
+DEFAULT_RAY_CONFIGS = ["guide", "decode in read"]
 
 # Runs a command as a child subreaper: descendants orphaned by their parent (Ray's workers and daemons) are
-# reparented here and reaped, so that their CPU time is in this process's RUSAGE_CHILDREN, and run_tool's.
+# reparented here, stay in the run's tree for `TreeCpu` and are reaped (and ended 30 s after the command).
 REAP_ALL = """
 import ctypes, os, signal, subprocess, sys, time
 ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
