@@ -11,8 +11,10 @@ when the cluster has GPUs: `model_num_gpus` each, else on `CPUS_PER_MODEL_ACTOR`
 tasks decode and preprocess, and each batch goes to an actor in turn. A task waits for its batch's
 output before its threads start more samples, so the images in flight are bounded by the shards in
 flight (backpressure); a dead actor is restarted and its calls are tried again (`max_restarts`,
-`max_task_retries`), so a killed model worker costs time, not output. A pool the cluster cannot place
-(GPUs it does not have, CPUs the shards need) is refused before the shards start.
+`max_task_retries`), so a killed model worker costs time, not output. The actors' resources are reserved in
+a placement group: a restarting actor gets its bundle back, never taken by a waiting shard task (which
+would wait on the actor for ever). A pool the cluster cannot place (GPUs it does not have, CPUs the shards
+need) is refused before the shards start.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from ..config import ModelConfig, RunConfig
 from ..errors import ConfigError
@@ -37,6 +41,7 @@ logger = logging.getLogger(__name__)
 CPUS_PER_MODEL_ACTOR = 1  # without GPUs: a model actor's CPUs (and onnxruntime's threads in it)
 CPUS_PER_ACTOR_IN_POOL = 4  # without GPUs and without model_pool_size: one actor per this many CPUs
 MODEL_ACTOR_RESTARTS = 3  # then its calls fail, and so do their shards (run_shards retries them): no endless loop
+PLACEMENT_TIMEOUT = 120  # seconds for the cluster to reserve the pool's resources (autoscalers add nodes)
 
 
 # no retries of Ray's own: a shard whose worker died fails like any other, and run_shards retries it
@@ -161,16 +166,37 @@ class RayDistributor:
                 "besides the shards"
             )
         cpus = 0 if gpus > 0 else CPUS_PER_MODEL_ACTOR
+        bundle = {name: amount for name, amount in (("CPU", cpus), ("GPU", gpus)) if amount > 0}
+        self.group = placement_group([bundle] * size, strategy="SPREAD")
+        try:
+            ray.get(self.group.ready(), timeout=PLACEMENT_TIMEOUT)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(self.group)
+            self.group = None
+            raise ConfigError(
+                f"the Ray cluster did not reserve {size} x {bundle} for the model's actors in {PLACEMENT_TIMEOUT} s"
+            ) from None
         # a restarted actor's calls are tried again; an actor that keeps dying fails its shards' calls
-        actor = ray.remote(_ModelActor).options(
-            num_cpus=cpus, num_gpus=gpus, max_restarts=MODEL_ACTOR_RESTARTS, max_task_retries=-1, max_concurrency=1
-        )
-        self.actors = [actor.remote(config, max(1, cpus), gpus > 0) for _ in range(size)]
+        self.actors = [
+            ray.remote(_ModelActor)
+            .options(
+                num_cpus=cpus,
+                num_gpus=gpus,
+                max_restarts=MODEL_ACTOR_RESTARTS,
+                max_task_retries=-1,
+                max_concurrency=1,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=index),
+            )
+            .remote(config, max(1, cpus), gpus > 0)
+            for index in range(size)
+        ]
         logger.info("model %s: %d actor(s) with %s GPU(s) each", config.model, size, gpus)
         return ModelPool(self.actors)
 
     def close(self) -> None:
         for actor in getattr(self, "actors", []):
             ray.kill(actor)
+        if getattr(self, "group", None) is not None:
+            remove_placement_group(self.group)
         if self.owned:
             ray.shutdown()
