@@ -1,7 +1,9 @@
 """Real clusters on 127.0.0.1 for the tests, and helpers to watch and kill their processes.
 
 Every process a fixture starts runs in its own session and is stopped by PID (never `ray stop`,
-which would stop other people's Ray too).
+which would stop other people's Ray too). Every process this test session starts, and theirs (Ray's and
+Spark's workers), inherits `MARK` in its environment: `processes(ours=True)` lists only those, so a test
+that kills a worker never kills another session's.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+MARK = "I2D_TEST_SESSION"
+os.environ.setdefault(MARK, uuid.uuid4().hex)
 
 
 def free_port() -> int:
@@ -144,11 +150,15 @@ def stop_group(process: subprocess.Popen, grace: float = 20.0) -> None:
     process.wait(20)
 
 
-def processes() -> Iterator[tuple[int, str]]:
-    """(pid, full command line) of every process (ps would cut long command lines)."""
+def processes(ours: bool = False) -> Iterator[tuple[int, str]]:
+    """(pid, full command line) of every process (ps would cut long command lines); with `ours`, only
+    those with this test session's `MARK` in their environment."""
+    mark = f"{MARK}={os.environ[MARK]}".encode()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
+                if ours and mark not in (entry / "environ").read_bytes().split(b"\0"):
+                    continue
                 yield int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 pass

@@ -196,14 +196,14 @@ def reprocess(shards: Path, output: Path, distributor: str):
 
 
 def kill_first(pattern: str, after: Path, seconds: float = 120) -> threading.Thread:
-    """In the background: once a shard is done in `after`, SIGKILL the first process whose command line
-    holds `pattern`; the thread's `killed` attribute records the pid."""
+    """In the background: once a shard is done in `after`, SIGKILL the first process of this test session
+    whose command line holds `pattern`; the thread's `killed` attribute records the pid."""
 
     def work() -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if list(after.glob("*_stats.json")):
-                for pid, command in processes():
+                for pid, command in processes(ours=True):
                     if pattern in command and pid != os.getpid():
                         os.kill(pid, signal.SIGKILL)
                         thread.killed = pid
