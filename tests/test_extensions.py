@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -193,6 +195,49 @@ def test_a_partial_batch_is_processed_after_linger(tmp_path, server):
         thread_count=1,
     )
     assert pq.read_table(out / "00000.parquet").column("batch").to_pylist() == [1, 1, 1]
+
+
+class BatchSizes(BatchStage):
+    """Records the size of the batch each sample was in."""
+
+    batch_size, linger, max_linger = 4, 0.5, 5.0
+
+    def process_batch(self, samples, prepared) -> None:
+        for sample in samples:
+            sample.fields["batch"] = len(samples)
+
+
+def feed(stage: BatchStage, arrivals: list[float]) -> list[int]:
+    """Each sample on its own thread, joining `stage` at its time in `arrivals` (seconds from now); the
+    size of the batch each was in."""
+    samples = [Sample(index, str(index), {}) for index in range(len(arrivals))]
+    start = time.monotonic()
+
+    def join(sample: Sample, at: float) -> None:
+        time.sleep(max(0.0, start + at - time.monotonic()))
+        stage(sample)
+
+    threads = [threading.Thread(target=join, args=pair) for pair in zip(samples, arrivals)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return [sample.fields["batch"] for sample in samples]
+
+
+def test_samples_that_keep_coming_fill_the_batch():
+    """A batch waits while samples keep joining it (every 0.2 s here, within linger), however long that
+    takes in all: full batches, not one per linger."""
+    assert feed(BatchSizes(), [0.2 * i for i in range(8)]) == [4] * 8
+
+
+def test_a_batch_that_stops_growing_goes_after_linger_and_a_trickle_after_max_linger():
+    stage = BatchSizes()
+    started = time.monotonic()
+    assert feed(stage, [0, 0.1, 0.2]) == [3] * 3  # nothing after the third: it goes 0.5 s later
+    assert 0.6 < time.monotonic() - started < 3
+    stage.max_linger = 1.0  # one sample every 0.4 s: the oldest has waited 1 s when the third joins
+    assert feed(stage, [0, 0.4, 0.8, 1.2, 1.6, 2.0]) == [3, 3, 3, 3, 3, 3]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ prepared on its own thread, then the prepared samples are processed together.
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -65,27 +66,30 @@ def run_stages(stages: Iterable[Stage], sample: Sample) -> Sample:
 class _Waiting:
     """A sample of a BatchStage, waiting for its batch to be processed."""
 
-    __slots__ = ("sample", "prepared", "error", "done", "taken")
+    __slots__ = ("sample", "prepared", "error", "done", "taken", "since")
 
     def __init__(self, sample: Sample, prepared: Any):
         self.sample, self.prepared = sample, prepared
         self.error: BaseException | None = None
         self.done = threading.Event()
         self.taken = False
+        self.since = time.monotonic()
 
 
 class BatchStage(Stage):
     """A stage that processes samples in batches of up to `batch_size`.
 
     `prepare(sample)` runs on the sample's own thread (decode, resize, normalise) and may fail
-    just that sample. The thread that fills a batch processes it with `process_batch`; a partial
-    batch is processed by its oldest sample's thread after `linger` seconds, so the end of a shard
-    (or a shard with fewer threads than `batch_size`) never waits for samples that will not come.
-    A StageError from `process_batch` fails every sample of the batch.
+    just that sample. The thread that fills a batch processes it with `process_batch`. A partial
+    batch is processed by its oldest sample's thread once no sample has joined it for `linger`
+    seconds, or once that oldest sample has waited `max_linger`: the end of a shard (or a shard with
+    fewer threads than `batch_size`) never waits long for samples that will not come, and samples that
+    keep coming fill the batch. A StageError from `process_batch` fails every sample of the batch.
     """
 
     batch_size: int = 32
     linger: float = 0.05
+    max_linger: float = 1.0
 
     def __init__(self, config: Any = None) -> None:
         """`config`: the run's Config, which a stage factory is given (unused here)."""
@@ -103,15 +107,26 @@ class BatchStage(Stage):
         waiting = _Waiting(sample, self.prepare(sample))
         with self._lock:
             self._pending.append(waiting)
+            oldest = len(self._pending) == 1  # its thread watches the batch; the others only wait for it
             batch = self._take() if len(self._pending) >= self.batch_size else None
-        if batch is None and not waiting.done.wait(self.linger):
+        while batch is None and oldest and not waiting.done.wait(self._patience(waiting)):
             with self._lock:
-                batch = None if waiting.taken else self._take()
+                if waiting.taken:
+                    break
+                if self._patience(waiting) <= 0:
+                    batch = self._take()
         if batch is not None:
             self._process(batch)
         waiting.done.wait()
         if waiting.error is not None:
             raise waiting.error
+
+    def _patience(self, oldest: _Waiting) -> float:
+        """Seconds the batch of `oldest` may still wait: until `linger` after its newest sample, at most
+        `max_linger` after `oldest` (no lock: a stale read only wakes the watcher early or late once)."""
+        pending = self._pending
+        newest = pending[-1].since if pending and not oldest.taken else oldest.since
+        return min(newest + self.linger, oldest.since + self.max_linger) - time.monotonic()
 
     def _take(self) -> list[_Waiting]:
         batch, self._pending = self._pending, []
