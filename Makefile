@@ -59,6 +59,7 @@ bench: install nginx
 	$(LOOPBACK_ONLY) $(PY) bench/politeness.py --count 5000 --rounds 1 --throttled-share 0.2 --rate 20
 	$(LOOPBACK_ONLY) $(PY) bench/politeness.py --count 5000 --rounds 3 --throttled-share 0.01 --rate 3
 	$(LOOPBACK_ONLY) $(PY) bench/reprocess.py --count 2000 --rounds 3
+	$(LOOPBACK_ONLY) $(PY) bench/model.py --count 6000 --rounds 3
 
 # peak RSS while sharding a 10-million-row parquet, ours vs img2dataset 1.47
 bench-reader: install
