@@ -14,7 +14,7 @@ install: $(STAMP) $(WHEELHOUSE)/.stamp
 $(STAMP): setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-compile -e '.[all]'  # bytecode of what runs is written on first import
+	$(PY) -m pip install -q -e '.[all]'
 	touch $(STAMP)
 
 $(WHEELHOUSE)/.stamp: pex/requirements.txt $(STAMP)
