@@ -1,12 +1,15 @@
 """Side by side: img2dataset 1.47 and img2dataset-ng on the same local corpus, alternating A/B.
 
     .venv/bin/python bench/compare.py                      # CPU-bound: nginx serves at once
+    .venv/bin/python bench/compare.py --mix web            # the same on the web-like mix (bench/corpus.py)
     .venv/bin/python bench/compare.py --latency-ms 200     # latency-bound: every response waits 200 ms
 
 Both tools run as their command-line programs with the same options (image_size 256, the same
 resize mode, webdataset output, the same processes, threads and shard size), each in its own
-process tree, alternating over rounds. For each run: successful samples/s (wall), CPU seconds per
-1000 samples (user + sys of the whole process tree), and peak RSS of the largest process.
+process tree, alternating over rounds. The url list (`--count`, 10,000 by default: long enough
+that start-up is a small part of a run) cycles over the corpus (`--corpus` images of `--mix`). For
+each run: successful samples/s (wall), CPU seconds per 1000 samples (user + sys of the whole process
+tree), and peak RSS of the largest process.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import pyarrow.parquet as pq
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from corpus import CORPUS, make_corpus  # noqa: E402
+from corpus import MIXES, corpus_folder, make_corpus  # noqa: E402
 from reader_rss import ensure_img2dataset  # noqa: E402
 from server import DelayProxy, Nginx  # noqa: E402
 
@@ -87,7 +90,9 @@ def run_tool(tool: str, command: list[str], output: Path) -> Run:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--count", type=int, default=2000, help="images in the corpus")
+    parser.add_argument("--count", type=int, default=10000, help="urls, cycling over the corpus")
+    parser.add_argument("--corpus", type=int, default=2000, help="images in the corpus")
+    parser.add_argument("--mix", choices=MIXES, default="heavy", help="the corpus (bench/corpus.py)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=32)
@@ -97,13 +102,14 @@ def main() -> None:
     args = parser.parse_args()
 
     theirs = ensure_img2dataset().parent / "img2dataset"
-    names = make_corpus(args.count)
+    names = make_corpus(args.corpus, args.mix)
+    urls = [names[i % len(names)] for i in range(args.count)]
     work = Path(tempfile.mkdtemp(prefix="bench-compare-", dir=BENCH))
     runs: list[Run] = []
     try:
-        with Nginx(CORPUS) as nginx, DelayProxy(nginx.port, args.latency_ms / 1000) as server:
+        with Nginx(corpus_folder(args.mix)) as nginx, DelayProxy(nginx.port, args.latency_ms / 1000) as server:
             url_list = work / "urls.parquet"
-            pq.write_table(pa.table({"url": [f"{server.base}/{name}" for name in names]}), url_list)
+            pq.write_table(pa.table({"url": [f"{server.base}/{name}" for name in urls]}), url_list)
             common = [
                 str(url_list),
                 "--input_format",
@@ -148,8 +154,9 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
         by_tool.setdefault(run.tool, []).append(run)
     mode = f"latency {args.latency_ms} ms per response" if args.latency_ms else "CPU-bound (no added latency)"
     print(
-        f"\n{args.count} images, {mode}, resize_mode={args.resize_mode}, processes={args.processes}, "
-        f"threads={args.threads}, {args.per_shard} per shard, {args.rounds} rounds (A/B alternating)\n"
+        f"\n{args.count} urls over the {args.mix} corpus ({args.corpus} images), {mode}, "
+        f"resize_mode={args.resize_mode}, processes={args.processes}, threads={args.threads}, "
+        f"{args.per_shard} per shard, {args.rounds} rounds (A/B alternating)\n"
     )
     print("| tool | successful samples/s (median, min-max) | CPU s per 1000 samples | peak RSS of a process (MiB) |")
     print("|---|---:|---:|---:|")

@@ -31,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import arrow
 from ..config import ReadConfig
 from ..errors import InputError
 from ..options import HashType, InputFormat
@@ -236,7 +237,7 @@ def _parquet_shard(fs: Any, path: str, rows_only: bool) -> tuple[pa.Table, Calla
         table = pq.read_table(f, columns=columns)
     images = table.column(image_column) if not rows_only else None
     rows = table.drop_columns([image_column]) if not rows_only else table
-    rows = rows.append_column(MEMBER, pa.array(range(rows.num_rows), pa.int64()))
+    rows = rows.append_column(MEMBER, arrow.array(list(range(rows.num_rows)), pa.int64()))
 
     def get(row: Any) -> bytes | None:
         return None if images is None else images[int(row)].as_py()
@@ -255,7 +256,7 @@ def _files_shard(fs: Any, path: str) -> tuple[pa.Table, Callable[[Any], bytes | 
         if extension.lower() in IMAGE_EXTENSIONS:
             by_key.setdefault(key, name)
     keys = rows.column("key").to_pylist() if "key" in rows.column_names else []
-    rows = rows.append_column(MEMBER, pa.array([by_key.get(k) for k in keys], pa.string()))
+    rows = rows.append_column(MEMBER, arrow.array([by_key.get(k) for k in keys], pa.string()))
 
     def get(name: Any) -> bytes | None:
         return None if name is None else fs.cat_file(f"{folder}/{name}")
@@ -295,7 +296,7 @@ def _tar_shard(fs: Any, path: str, rows_only: bool) -> tuple[pa.Table, Callable[
             {name: pa.array([r.get(name) for r in found], pa.string() if name == "key" else None) for name in names}
         )
     keys = rows.column("key").to_pylist()
-    rows = rows.append_column(MEMBER, pa.array(keys, pa.string()))
+    rows = rows.append_column(MEMBER, arrow.array(keys, pa.string()))
     view = memoryview(data)
 
     def get(key: Any) -> bytes | None:
@@ -332,7 +333,7 @@ def _folder_rows(config: ReadConfig, images: tuple[str, ...], sidecars: frozense
         row["sidecar_json"] = texts.get(stem + ".json")  # as text: every shard has the same columns
         row[MEMBER] = image
         rows.append(row)
-    return pa.Table.from_pylist(rows, schema=FOLDER_SCHEMA)
+    return arrow.table(rows, FOLDER_SCHEMA)
 
 
 def carry_download_columns(row: dict[str, Any], fields: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.feather as feather
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from ..naming import KeyFormat, input_shard_file
@@ -130,5 +131,7 @@ class Sharder:
         file_name = input_shard_file(self.key_format.shard_name(shard_id))
         folder.makedirs()
         with folder.open(file_name, "wb") as f:
-            feather.write_feather(rows.combine_chunks(), f, compression="uncompressed")
+            # an uncompressed Feather v2 file is an Arrow IPC file; feather.write_feather would import pandas
+            with ipc.new_file(f, rows.schema) as writer:
+                writer.write_table(rows.combine_chunks())
         return Shard(shard_id, folder, file_name, rows.num_rows, shard_id in self.retry)

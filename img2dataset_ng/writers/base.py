@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import arrow
 from ..naming import shard_file
 from ..registry import Builtin, Registry
 from ..sample import Sample
@@ -115,7 +116,7 @@ class MetadataParquet:
         self.rows.append(record)
 
     def close(self) -> None:
-        table = pa.Table.from_pylist(self.rows, schema=self.schema)
+        table = arrow.table(self.rows, self.schema)
         self.file = self.folder.atomic(self.name)
         pq.write_table(table, self.file.file)
         self.file.commit()

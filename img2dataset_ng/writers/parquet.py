@@ -10,6 +10,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import arrow
 from ..naming import shard_file
 from ..sample import Sample
 from ..storage import Folder
@@ -74,7 +75,7 @@ class ParquetWriter(ShardWriter):
 
     def _flush(self) -> None:
         if self.rows:
-            self.parquet.write_table(pa.Table.from_pylist(self.rows, schema=self.file_schema))
+            self.parquet.write_table(arrow.table(self.rows, self.file_schema))
             self.rows = []
 
     def close(self) -> None:
