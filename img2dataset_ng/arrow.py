@@ -28,7 +28,7 @@ NUMBERS = {
     pa.float32(): np.float32,
     pa.float64(): np.float64,
 }
-# the Python values each type takes here (a float in an integer column is pa.array's to refuse)
+# the Python values each type takes here (others, such as a float in an integer column, go to pa.array)
 KINDS = {
     **{type_.id: (int, np.integer) for type_ in NUMBERS if pa.types.is_integer(type_)},
     **{type_.id: (int, float, np.integer, np.floating) for type_ in NUMBERS if pa.types.is_floating(type_)},

@@ -87,14 +87,18 @@ class PandasSeen(Stage):
 
 
 @pytest.mark.parametrize("output_format", ["webdataset", "parquet"])
-def test_a_download_worker_never_imports_pandas(tmp_path, server, output_format):
-    """One worker process downloads three shards: its later samples would see pandas if writing a shard
-    (or reading its input shard) had imported it. (Reading existing shards still does: not yet covered.)"""
+def test_a_worker_never_imports_pandas(tmp_path, server, output_format):
+    """One worker process downloads three shards, then reads them back as input: its later samples would
+    see pandas if writing or reading a shard had imported it."""
     urls = write_url_list(
         [{"url": server.url(f"/img/{40 + i}x30.jpg")} for i in range(6)], tmp_path / "u.parquet", "parquet"
     )
+    common = {"number_sample_per_shard": 2, "processes_count": 1, "thread_count": 1,
+              "stages": ["tests.test_arrow:PandasSeen"]}  # fmt: skip
     download(str(urls), input_format="parquet", output_folder=str(tmp_path / "out"), output_format=output_format,
-             number_sample_per_shard=2, processes_count=1, thread_count=1,
-             stages=["tests.test_arrow:PandasSeen"])  # fmt: skip
-    seen = pq.read_table(tmp_path / "out" / "00002.parquet").column("pandas_imported").to_pylist()
-    assert seen == [False, False], "pandas was imported in the worker"
+             **common)  # fmt: skip
+    download(str(tmp_path / "out"), input_format=output_format, output_folder=str(tmp_path / "again"),
+             output_format="parquet", **common)  # fmt: skip
+    for folder in ("out", "again"):
+        seen = pq.read_table(tmp_path / folder / "00002.parquet").column("pandas_imported").to_pylist()
+        assert seen == [False, False], f"pandas was imported in the worker ({folder})"

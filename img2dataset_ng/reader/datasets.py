@@ -234,7 +234,7 @@ def _parquet_shard(fs: Any, path: str, rows_only: bool) -> tuple[pa.Table, Calla
         raise InputError(f"{path} has no image column ({', '.join(IMAGE_EXTENSIONS)}): not a parquet_shards shard")
     columns = None if not rows_only else [n for n in schema.names if n != image_column]
     with fs.open(path, "rb") as f:
-        table = pq.read_table(f, columns=columns)
+        table = pq.ParquetFile(f).read(columns=columns)  # pq.read_table imports pyarrow.dataset, and pandas
     images = table.column(image_column) if not rows_only else None
     rows = table.drop_columns([image_column]) if not rows_only else table
     rows = rows.append_column(MEMBER, arrow.array(list(range(rows.num_rows)), pa.int64()))
@@ -248,7 +248,7 @@ def _parquet_shard(fs: Any, path: str, rows_only: bool) -> tuple[pa.Table, Calla
 def _files_shard(fs: Any, path: str) -> tuple[pa.Table, Callable[[Any], bytes | None]]:
     folder = path.rstrip("/")
     with fs.open(folder + ".parquet", "rb") as f:
-        rows = pq.read_table(f)
+        rows = pq.ParquetFile(f).read()
     names = {p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)}
     by_key = {}
     for name in sorted(names):
@@ -287,7 +287,7 @@ def _tar_shard(fs: Any, path: str, rows_only: bool) -> tuple[pa.Table, Callable[
                     records.setdefault(key, {}).setdefault(CAPTION, content.decode("utf-8"))
     if has_rows:
         with fs.open(beside, "rb") as f:
-            rows = pq.read_table(f)
+            rows = pq.ParquetFile(f).read()
     else:  # a tar without its parquet: one row per sample of the tar, from its .json
         keys = list(dict.fromkeys([*images, *records]))
         found = [{**records.get(k, {}), "key": k} for k in keys]
