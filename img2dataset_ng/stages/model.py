@@ -94,7 +94,7 @@ def preprocess(
     if square.shape[2] == 4:
         square = onto_white(square)
     # each channel through a table of its 256 values: (v - mean * 255) / (std * 255) == (v / 255 - mean) / std,
-    # the same float32 arithmetic as on the whole image, at a third of its cost (measured: bench/RESULTS.md)
+    # the same float32 arithmetic as on the whole image, at about half its cost (measured: bench/RESULTS.md)
     levels = np.arange(256, dtype=np.float32)
     tables = [(levels - np.float32(m) * np.float32(255)) / (np.float32(s) * np.float32(255)) for m, s in zip(mean, std)]
     nchw = layout is ModelLayout.NCHW
