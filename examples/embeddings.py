@@ -128,5 +128,5 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":  # required: the worker processes are spawned, and re-import this file
+if __name__ == "__main__":  # required: each worker process re-imports this file
     sys.exit(main(sys.argv[1:]))

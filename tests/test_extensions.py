@@ -1,11 +1,12 @@
 """The extension points as a user sees them: a stage, a batch stage and a writer defined here, outside
-the package, registered through the public contract, and run in real downloads (spawned worker
+the package, registered through the public contract, and run in real downloads (worker
 processes, which import them from this module)."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -153,6 +154,44 @@ def test_a_registered_stage_and_writer_run_in_a_download(tmp_path, server):
             assert row["status"] == "success" and image.shape[1] == width
             assert row["brightness"] == pytest.approx(float(image.mean()))
     assert summary.status_dict[f"narrower than {MIN_WIDTH} px"] == 4 and summary.successes == 8
+
+
+class EnvironmentValue(Stage):
+    """The worker process's value of I2D_TEST_VALUE, for every sample."""
+
+    def __init__(self, config):
+        pass
+
+    def columns(self) -> list[pa.Field]:
+        return [pa.field("environment_value", pa.string())]
+
+    def __call__(self, sample: Sample) -> None:
+        sample.fields["environment_value"] = os.environ.get("I2D_TEST_VALUE")
+
+
+def test_worker_processes_see_the_environment_of_their_run(tmp_path, server, monkeypatch):
+    """Worker processes are forks of a fork server kept from the first run: each run's workers still see the
+    caller's environment as it is when that run starts (credentials or proxies set in between)."""
+    seen = []
+    for value in ("first", "second", None):
+        if value is None:
+            monkeypatch.delenv("I2D_TEST_VALUE")
+        else:
+            monkeypatch.setenv("I2D_TEST_VALUE", value)
+        out = tmp_path / f"out-{value}"
+        download(
+            str(url_list(tmp_path, server)),
+            input_format="parquet",
+            output_folder=str(out),
+            output_format="parquet",
+            stages=["tests.test_extensions:EnvironmentValue"],
+            number_sample_per_shard=5,
+            processes_count=2,
+        )
+        rows = [row for path in sorted(out.glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
+        assert len(rows) == 13
+        seen.append({row["environment_value"] for row in rows if row["status"] == "success"})
+    assert seen == [{"first"}, {"second"}, {None}]
 
 
 def test_a_batch_stage_given_as_a_module_path(tmp_path, server):
