@@ -74,6 +74,10 @@ CASES = [
     ((700, 520), "jpg"),
     ((4032, 3024), "png"),
     ((3000, 4000), "webp"),
+    # less than halving to the target, without a reduced decode: the bilinear shortcut of an area resize
+    ((480, 360), "png"),
+    ((500, 660), "webp"),
+    ((300, 290), "jpg"),
 ]
 
 
