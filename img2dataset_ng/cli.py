@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .distributors.local import stop_fork_server
 from .duplicates import DEFAULT_MAX_DISTANCE, DEFAULT_PLACEHOLDER_MIN_URLS, find_duplicates
 from .errors import ConfigError, InputError, Interrupted, StorageError
 from .main import download
@@ -182,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"img2dataset-ng: interrupted: {done.shards_done} shard(s) finished in this run and kept in "
             f"{done.output_folder} ({done.shards_skipped} done before); run the same command again to finish\n",
         )
+    finally:
+        stop_fork_server()
     return SHARDS_FAILED if summary.failed_shards else DONE
 
 

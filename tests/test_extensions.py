@@ -7,6 +7,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import resource
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -192,6 +195,37 @@ def test_worker_processes_see_the_environment_of_their_run(tmp_path, server, mon
         assert len(rows) == 13
         seen.append({row["environment_value"] for row in rows if row["status"] == "success"})
     assert seen == [{"first"}, {"second"}, {None}]
+
+
+class BurnCpu(Stage):
+    """Spends 0.4 s of CPU on every sample."""
+
+    def __init__(self, config):
+        pass
+
+    def __call__(self, sample: Sample) -> None:
+        start = time.thread_time()
+        while time.thread_time() - start < 0.4:
+            pass
+
+
+def test_the_command_lines_cpu_time_includes_its_workers(tmp_path, server):
+    """`time img2dataset-ng ...` (here: the children's rusage of the caller) counts the worker processes' CPU,
+    which are children of the fork server: the command line waits for it before it exits."""
+    rows = [{"url": server.url(f"/img/{40 + i}x40.jpg")} for i in range(8)]
+    urls = write_url_list(rows, tmp_path / "urls.parquet", "parquet")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(
+        [sys.executable, "-m", "img2dataset_ng", str(urls), "--input_format", "parquet"]
+        + [f"--output_folder={tmp_path / 'out'}", "--stages", "tests.test_extensions:BurnCpu", "--processes_count=2"]
+        + ["--number_sample_per_shard=4", "--thread_count=4"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert len(pq.read_table(tmp_path / "out" / "00001.parquet")) == 4
+    assert after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime >= 8 * 0.4
 
 
 def test_a_batch_stage_given_as_a_module_path(tmp_path, server):

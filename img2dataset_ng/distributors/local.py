@@ -148,6 +148,16 @@ def _context() -> multiprocessing.context.BaseContext:
     return context
 
 
+def stop_fork_server() -> None:
+    """Stop this process's fork server and wait for it (the command line does, before it exits): its CPU
+    time and its workers' then count in this process's children's (`time img2dataset-ng ...`), which an
+    orphaned server, reaped by init, would take with it. Python has no public call for it (3.9-3.13)."""
+    server = getattr(forkserver, "_forkserver", None)
+    stop = getattr(server, "_stop", None)
+    if stop is not None:
+        stop()
+
+
 class MultiprocessingDistributor:
     """`processes_count` worker processes, each running one shard at a time, and the next one beside it
     when the first only waits for hosts that back off (a throttled host's urls at its end).
