@@ -46,13 +46,17 @@ lint: install
 nginx:
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update -q && apt-get install -y -q nginx-light)
 
-# img2dataset 1.47 (installed into bench/.venv-img2dataset on first use) against ours, on one corpus;
+# img2dataset 1.47 (installed into bench/.venv-img2dataset on first use) against ours, on two corpora (mixes);
 # the registry is needed only for that first install, the runs themselves see only loopback
 bench: install nginx
 	$(PY) bench/reader_rss.py --rows 1000000 10000000 --ensure-only
 	$(PY) bench/corpus.py --count 2000
+	$(PY) bench/corpus.py --count 2000 --mix web
 	$(LOOPBACK_ONLY) $(PY) bench/reader_rss.py --rows 1000000 10000000
-	$(LOOPBACK_ONLY) $(PY) bench/compare.py --count 2000 --rounds 3
+	$(LOOPBACK_ONLY) $(PY) bench/compare.py --mix web --count 10000 --rounds 3
+	$(LOOPBACK_ONLY) $(PY) bench/compare.py --mix heavy --count 10000 --rounds 3
+	$(LOOPBACK_ONLY) $(PY) bench/codecs.py --mix web --per-format 150
+	$(LOOPBACK_ONLY) $(PY) bench/overhead.py --mix web --count 3000
 	$(LOOPBACK_ONLY) $(PY) bench/compare.py --count 2000 --rounds 2 --latency-ms 200
 	$(LOOPBACK_ONLY) $(PY) bench/memory.py
 	$(LOOPBACK_ONLY) $(PY) bench/politeness.py --count 5000 --rounds 3

@@ -1,0 +1,171 @@
+"""Per format, one thread, bytes already in memory: milliseconds per image of today's resize path and of
+each candidate decoder, with the PSNR of what they give against a full decode and area resize.
+
+Every path is the same but for its decoder: decode (at reduced scale where the decoder can) -> the
+resizer's `_fit` (pyramid + area resize to keep_ratio 256) -> JPEG quality 95 with OpenCV. "resizer" is
+today's whole `Resizer` call (header checks, EXIF and all) for reference.
+
+    .venv/bin/python bench/codecs.py --mix web --per-format 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.corpus import corpus_folder  # noqa: E402
+from img2dataset_ng.config import Config  # noqa: E402
+from img2dataset_ng.stages.resize import Resizer, decode, inspect  # noqa: E402
+
+cv2.setNumThreads(1)
+SIZE = 256
+
+
+def bgr(img: np.ndarray, order: str = "bgr") -> np.ndarray:
+    """3 or 4 channels in OpenCV's order from a candidate's gray, RGB or RGBA."""
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    if img.shape[2] == 1:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2BGR)
+    if img.shape[2] == 2:
+        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2BGR)
+    if order == "rgb":
+        return cv2.cvtColor(img, cv2.COLOR_RGB2BGR if img.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    return img
+
+
+def today(data: bytes, info, target, resizer: Resizer) -> np.ndarray:
+    return decode(data, resizer._reduction(info, target))
+
+
+def simplejpeg_decoder(fast: bool) -> Callable:
+    import simplejpeg
+
+    def run(data: bytes, info, target, resizer: Resizer) -> np.ndarray:
+        return simplejpeg.decode_jpeg(
+            data, "BGR", fastdct=fast, fastupsample=fast, min_width=target[0], min_height=target[1]
+        )
+
+    return run
+
+
+def pyspng_decoder(data: bytes, info, target, resizer: Resizer) -> np.ndarray:
+    import pyspng
+
+    return bgr(pyspng.load(data), "rgb")
+
+
+def vips_decoder(data: bytes, info, target, resizer: Resizer) -> np.ndarray:
+    """libvips' loader, shrinking on load where the format can (JPEG by 2/4/8, WebP by any scale)."""
+    import pyvips
+
+    options = {}
+    if info.format == "webp":
+        options["scale"] = max(target[0] / info.width, target[1] / info.height)
+    elif info.format == "jpg":
+        shrink = resizer._reduction(info, target)
+        options["shrink"] = shrink
+    image = pyvips.Image.new_from_buffer(data, "", access="sequential", **options)
+    return bgr(
+        np.ndarray(buffer=image.write_to_memory(), dtype=np.uint8, shape=[image.height, image.width, image.bands]),
+        "rgb",
+    )
+
+
+CANDIDATES: dict[str, dict[str, Callable]] = {
+    "jpg": {
+        "opencv (today)": today,
+        "simplejpeg eighths": simplejpeg_decoder(False),
+        "simplejpeg eighths fast": simplejpeg_decoder(True),
+        "pyvips shrink-on-load": vips_decoder,
+    },
+    "png": {"opencv (today)": today, "pyspng": pyspng_decoder, "pyvips": vips_decoder},
+    "webp": {"opencv (today)": today, "pyvips scale-on-load": vips_decoder},
+    "gif": {"opencv (today)": today, "pyvips": vips_decoder},
+}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def path(decoder: Callable, data: bytes, resizer: Resizer) -> np.ndarray:
+    info = inspect(data)
+    target = resizer._target_size(info.width, info.height)
+    img = decoder(data, info, target, resizer)
+    img = resizer._fit(img, target, upscale=target[0] > info.width)
+    ok, encoded = cv2.imencode(".jpg", img, resizer.encode_params)
+    return img
+
+
+def reference(data: bytes, resizer: Resizer) -> np.ndarray:
+    info = inspect(data)
+    target = resizer._target_size(info.width, info.height)
+    return cv2.resize(decode(data), target, interpolation=cv2.INTER_AREA)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mix", default="web")
+    parser.add_argument("--per-format", type=int, default=150, help="images of each format (at most)")
+    parser.add_argument("--rounds", type=int, default=3, help="passes over the images; the median pass counts")
+    args = parser.parse_args()
+    resizer = Resizer(Config.from_options(url_list="x", image_size=SIZE, resize_mode="keep_ratio").resize)
+    by_format: dict[str, list[bytes]] = {}
+    for file in sorted(corpus_folder(args.mix).iterdir()):
+        data = file.read_bytes()
+        try:
+            info = inspect(data)
+            if resizer._target_size(info.width, info.height) is None:
+                continue
+            reference(data, resizer)
+        except Exception:  # noqa: BLE001 - the corpus's broken files
+            continue
+        if len(by_format.setdefault(info.format, [])) < args.per_format:
+            by_format[info.format].append(data)
+    print("| format | images | path | ms / image | vs today | min PSNR dB | mean PSNR dB |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for fmt, images in by_format.items():
+        references = [reference(data, resizer) for data in images]
+        base = None
+        rows = [("resizer (today, whole call)", lambda data: resizer(data))]
+        rows += [
+            (name, lambda data, d=decoder: path(d, data, resizer)) for name, decoder in CANDIDATES.get(fmt, {}).items()
+        ]
+        for name, run in rows:
+            try:
+                outs = [run(data) for data in images]  # warm, and the PSNR
+            except Exception as error:  # noqa: BLE001 - a candidate that cannot read this format
+                print(f"| {fmt} | {len(images)} | {name} | failed: {type(error).__name__}: {error} | | | |")
+                continue
+            passes = []
+            for _ in range(args.rounds):
+                start = time.process_time()
+                for data in images:
+                    run(data)
+                passes.append((time.process_time() - start) / len(images) * 1000)
+            ms = statistics.median(passes)
+            if name == "opencv (today)":
+                base = ms
+            quality = ""
+            if isinstance(outs[0], np.ndarray):
+                values = [
+                    psnr(bgr(o)[:, :, :3], r[:, :, :3] if r.ndim == 3 else bgr(r)) for o, r in zip(outs, references)
+                ]
+                quality = f"{min(values):.1f} | {statistics.mean(min(v, 99) for v in values):.1f}"
+            ratio = f"{ms / base:.2f}" if base else ""
+            print(f"| {fmt} | {len(images)} | {name} | {ms:.2f} | {ratio} | {quality or ' | '} |")
+
+
+if __name__ == "__main__":
+    main()
