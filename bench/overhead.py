@@ -1,8 +1,9 @@
 """Where a download worker's CPU goes, per success: one process runs the shards itself (a distributor
 registered here, as a third party would), on a corpus served by nginx on 127.0.0.1.
 
-It reports CPU ms per success and the share of it in Python's garbage collector (timed with
-`gc.callbacks`, per generation). For where the rest goes: `py-spy record --native` on this script.
+It reports CPU ms per success, the share of each stage (the CPU time of the thread running it) and of
+Python's garbage collector (timed with `gc.callbacks`, per generation); the rest is the worker's own
+(threads, ordering, writing the shard) and the run's start-up.
 
     .venv/bin/python bench/overhead.py --mix web --count 3000 --threads 32
     .venv/bin/python bench/overhead.py --mix web --gc-threshold 10000   # gen-0 threshold tried
@@ -27,7 +28,9 @@ sys.path.insert(0, str(BENCH))
 from corpus import MIXES, corpus_folder, make_corpus  # noqa: E402
 from server import Nginx  # noqa: E402
 
+import img2dataset_ng.worker  # noqa: E402
 from img2dataset_ng import download, register_distributor  # noqa: E402
+from img2dataset_ng.stages.base import StageError  # noqa: E402
 
 
 class HereDistributor:
@@ -63,6 +66,24 @@ class GcTimer:
             self.count[info["generation"]] += 1
 
 
+STAGE_CPU: dict[str, float] = {}
+
+
+def timed_run_stages(stages, sample):
+    """The worker's `run_stages`, with each stage's thread CPU time added up by stage class."""
+    for stage in stages:
+        if not sample.ok:
+            break
+        start = time.thread_time()
+        try:
+            stage(sample)
+        except StageError as error:
+            sample.fail(error.status or stage.failure, error.message)
+        name = type(stage).__name__
+        STAGE_CPU[name] = STAGE_CPU.get(name, 0.0) + time.thread_time() - start
+    return sample
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mix", choices=MIXES, default="web")
@@ -75,6 +96,7 @@ def main() -> None:
     args = parser.parse_args()
 
     register_distributor("here", HereDistributor)
+    img2dataset_ng.worker.run_stages = timed_run_stages
     names = make_corpus(args.corpus, args.mix)
     work = Path(tempfile.mkdtemp(prefix="bench-overhead-", dir=BENCH))
     timer = GcTimer()
@@ -110,6 +132,8 @@ def main() -> None:
     print(f"{summary.successes} successes of {summary.count}, {summary.successes / wall:.1f}/s on one process")
     print(f"CPU {cpu * per:.2f} ms per success; in the garbage collector {sum(timer.seconds) * per:.3f} ms", end="")
     print(f" ({100 * sum(timer.seconds) / cpu:.1f}%)")
+    for name, seconds in sorted(STAGE_CPU.items(), key=lambda item: -item[1]):
+        print(f"  stage {name}: {seconds * per:.2f} ms per success")
     for generation in range(3):
         print(
             f"  generation {generation}: {timer.count[generation]} collections, "

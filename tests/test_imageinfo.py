@@ -55,3 +55,9 @@ def test_truncated_jpeg_is_detected():
     data = opencv(".jpg", (200, 100))
     assert not is_truncated_jpeg(data) and not is_truncated_jpeg(data + b"trailer after the end")
     assert is_truncated_jpeg(data[: len(data) // 2])
+    assert is_truncated_jpeg(data[:20])  # the headers, no scan
+    # a thumbnail in an APP1 segment brings its own scan and end-of-image marker before the main scan
+    thumbnail = opencv(".jpg", (16, 8))
+    with_thumbnail = data[:2] + b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail + data[2:]
+    assert not is_truncated_jpeg(with_thumbnail)
+    assert is_truncated_jpeg(with_thumbnail[:-100])  # cut in the main scan
