@@ -1,6 +1,7 @@
 """Per format, one thread, bytes already in memory: milliseconds per image of today's resize path and of
 each candidate decoder, with the PSNR of what they give against a full decode and area resize.
 
+Candidates are timed interleaved (each on an image, then the next image), by the CPU time of the process.
 Every path is the same but for its decoder: decode (at reduced scale where the decoder can) -> the
 resizer's `_fit` (pyramid + area resize to keep_ratio 256) -> JPEG quality 95 with OpenCV. "resizer" is
 today's whole `Resizer` call (header checks, EXIF and all) for reference.
@@ -72,8 +73,7 @@ def vips_decoder(data: bytes, info, target, resizer: Resizer) -> np.ndarray:
     if info.format == "webp":
         options["scale"] = max(target[0] / info.width, target[1] / info.height)
     elif info.format == "jpg":
-        shrink = resizer._reduction(info, target)
-        options["shrink"] = shrink
+        options["shrink"] = resizer._reduction(info, target)
     image = pyvips.Image.new_from_buffer(data, "", access="sequential", **options)
     return bgr(
         np.ndarray(buffer=image.write_to_memory(), dtype=np.uint8, shape=[image.height, image.width, image.bands]),
@@ -83,14 +83,14 @@ def vips_decoder(data: bytes, info, target, resizer: Resizer) -> np.ndarray:
 
 CANDIDATES: dict[str, dict[str, Callable]] = {
     "jpg": {
-        "opencv (today)": today,
+        "today": today,
         "simplejpeg eighths": simplejpeg_decoder(False),
         "simplejpeg eighths fast": simplejpeg_decoder(True),
         "pyvips shrink-on-load": vips_decoder,
     },
-    "png": {"opencv (today)": today, "pyspng": pyspng_decoder, "pyvips": vips_decoder},
-    "webp": {"opencv (today)": today, "pyvips scale-on-load": vips_decoder},
-    "gif": {"opencv (today)": today, "pyvips": vips_decoder},
+    "png": {"today": today, "pyspng": pyspng_decoder, "pyvips": vips_decoder},
+    "webp": {"today": today, "pyvips scale-on-load": vips_decoder},
+    "gif": {"today": today, "pyvips": vips_decoder},
 }
 
 
@@ -137,34 +137,40 @@ def main() -> None:
     print("|---|---:|---|---:|---:|---:|---:|")
     for fmt, images in by_format.items():
         references = [reference(data, resizer) for data in images]
-        base = None
-        rows = [("resizer (today, whole call)", lambda data: resizer(data))]
-        rows += [
-            (name, lambda data, d=decoder: path(d, data, resizer)) for name, decoder in CANDIDATES.get(fmt, {}).items()
-        ]
-        for name, run in rows:
+        runs = {"resizer (today, whole call)": lambda data: resizer(data)}
+        for name, decoder in CANDIDATES.get(fmt, {}).items():
+            runs[name] = lambda data, d=decoder: path(d, data, resizer)
+        quality, failed = {}, {}
+        for name, run in list(runs.items()):
             try:
                 outs = [run(data) for data in images]  # warm, and the PSNR
             except Exception as error:  # noqa: BLE001 - a candidate that cannot read this format
-                print(f"| {fmt} | {len(images)} | {name} | failed: {type(error).__name__}: {error} | | | |")
+                failed[name] = f"{type(error).__name__}: {error}"
+                del runs[name]
                 continue
-            passes = []
-            for _ in range(args.rounds):
-                start = time.process_time()
-                for data in images:
-                    run(data)
-                passes.append((time.process_time() - start) / len(images) * 1000)
-            ms = statistics.median(passes)
-            if name == "opencv (today)":
-                base = ms
-            quality = ""
             if isinstance(outs[0], np.ndarray):
                 values = [
                     psnr(bgr(o)[:, :, :3], r[:, :, :3] if r.ndim == 3 else bgr(r)) for o, r in zip(outs, references)
                 ]
-                quality = f"{min(values):.1f} | {statistics.mean(min(v, 99) for v in values):.1f}"
-            ratio = f"{ms / base:.2f}" if base else ""
-            print(f"| {fmt} | {len(images)} | {name} | {ms:.2f} | {ratio} | {quality or ' | '} |")
+                quality[name] = f"{min(values):.1f} | {statistics.mean(min(v, 99) for v in values):.1f}"
+        # interleaved: every candidate on an image, then the next image, so that the machine's drift over a
+        # pass (frequency, caches, other processes) falls on all of them alike
+        seconds = {name: [0.0] * args.rounds for name in runs}
+        for round_ in range(args.rounds):
+            for data in images:
+                for name, run in runs.items():
+                    start = time.process_time()  # libvips decodes on threads of its own
+                    run(data)
+                    seconds[name][round_] += time.process_time() - start
+        base = statistics.median(seconds["today"]) if "today" in seconds else None
+        for name in [*runs, *failed]:
+            if name in failed:
+                print(f"| {fmt} | {len(images)} | {name} | failed: {failed[name]} | | | |")
+                continue
+            total = statistics.median(seconds[name])
+            ratio = f"{total / base:.2f}" if base else ""
+            ms = total / len(images) * 1000
+            print(f"| {fmt} | {len(images)} | {name} | {ms:.2f} | {ratio} | {quality.get(name, ' | ')} |")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,9 @@ CASES = [
     ((480, 360), "png"),
     ((500, 660), "webp"),
     ((300, 290), "jpg"),
+    # a JPEG decoded at half size, then less than halved; one decoded whole (the bilinear shortcut both)
+    ((1000, 750), "jpg"),
+    ((640, 480), "jpg"),
 ]
 
 
