@@ -33,12 +33,8 @@ SIZE = 256
 
 def bgr(img: np.ndarray, order: str = "bgr") -> np.ndarray:
     """3 or 4 channels in OpenCV's order from a candidate's gray, RGB or RGBA."""
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    if img.shape[2] == 1:
-        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2BGR)
-    if img.shape[2] == 2:
-        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2BGR)
+    if img.ndim == 2 or img.shape[2] <= 2:  # gray, or gray and alpha: the gray
+        return cv2.cvtColor(img if img.ndim == 2 else img[:, :, 0], cv2.COLOR_GRAY2BGR)
     if order == "rgb":
         return cv2.cvtColor(img, cv2.COLOR_RGB2BGR if img.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
     return img
