@@ -30,6 +30,10 @@ EXTRAS = {
         "imagehash",
         "wids",
         "onnx",  # the tests build their own small models
+        # the decoders bench/codecs.py tries against those kept
+        "simplejpeg",
+        "pyvips",
+        "pyvips-binary",
         # wids imports torch: its CPU build (the default wheel brings gigabytes of CUDA libraries)
         'torch==2.13.0+cpu; sys_platform == "linux" and platform_machine == "x86_64"',
     ],
@@ -55,6 +59,9 @@ setup(
         "exifread>=3.0",
         "google-crc32c>=1.5",
         "protego>=0.3",
+        # decoders that beat OpenCV's on their format (stages/decoders.py); OpenCV decodes all without them
+        "pyspng>=0.1.2",
+        "webp>=0.3",
     ],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["img2dataset-ng=img2dataset_ng.cli:main"]},

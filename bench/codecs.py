@@ -1,10 +1,11 @@
-"""Per format, one thread, bytes already in memory: milliseconds per image of today's resize path and of
-each candidate decoder, with the PSNR of what they give against a full decode and area resize.
+"""Per format, one thread, bytes already in memory: milliseconds per image of OpenCV's decoder (the path
+before stages/decoders.py) and of each candidate decoder, with the PSNR of what they give against a full
+decode and area resize; "(kept)" marks the decoder the resizer uses for the format.
 
 Candidates are timed interleaved (each on an image, then the next image), by the CPU time of the process.
 Every path is the same but for its decoder: decode (at reduced scale where the decoder can) -> the
-resizer's `_fit` (pyramid + area resize to keep_ratio 256) -> JPEG quality 95 with OpenCV. "resizer" is
-today's whole `Resizer` call (header checks, EXIF and all) for reference.
+resizer's `_fit` (halvings + bilinear to keep_ratio 256, skipped when the decoder scaled) -> JPEG quality 95
+with OpenCV. "resizer" is the whole `Resizer` call (header checks, EXIF and all) for reference.
 
     .venv/bin/python bench/codecs.py --mix web --per-format 150
 """
@@ -25,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.corpus import corpus_folder  # noqa: E402
 from img2dataset_ng.config import Config  # noqa: E402
-from img2dataset_ng.stages.resize import Resizer, decode, inspect  # noqa: E402
+from img2dataset_ng.stages import decoders  # noqa: E402
+from img2dataset_ng.stages.resize import REDUCED_JPEG, Resizer, decode, inspect  # noqa: E402
 
 cv2.setNumThreads(1)
 SIZE = 256
@@ -40,8 +42,18 @@ def bgr(img: np.ndarray, order: str = "bgr") -> np.ndarray:
     return img
 
 
-def today(data: bytes, info, target, resizer: Resizer) -> np.ndarray:
-    return decode(data, resizer._reduction(info, target))
+def opencv(data: bytes, info, target, resizer: Resizer) -> np.ndarray:
+    """OpenCV's imdecode, a JPEG at 1/2, 1/4 or 1/8 scale where it stays at least the target."""
+    reduction = resizer._reduction(info, target)
+    flags = REDUCED_JPEG[reduction] | cv2.IMREAD_IGNORE_ORIENTATION if reduction > 1 else cv2.IMREAD_UNCHANGED
+    return bgr(cv2.imdecode(np.frombuffer(data, np.uint8), flags))
+
+
+def kept(data: bytes, info, target, resizer: Resizer) -> np.ndarray:
+    """The resizer's decoder for the format (stages/decoders.py where it applies, else OpenCV)."""
+    plan = resizer.plan(info)
+    scaled = decoders.webp(data, plan.scaled_to, plan.decoded) if plan.scaled_to else None
+    return scaled if scaled is not None else decode(data, plan.reduction)
 
 
 def simplejpeg_decoder(fast: bool) -> Callable:
@@ -53,12 +65,6 @@ def simplejpeg_decoder(fast: bool) -> Callable:
         )
 
     return run
-
-
-def pyspng_decoder(data: bytes, info, target, resizer: Resizer) -> np.ndarray:
-    import pyspng
-
-    return bgr(pyspng.load(data), "rgb")
 
 
 def vips_decoder(data: bytes, info, target, resizer: Resizer) -> np.ndarray:
@@ -79,14 +85,14 @@ def vips_decoder(data: bytes, info, target, resizer: Resizer) -> np.ndarray:
 
 CANDIDATES: dict[str, dict[str, Callable]] = {
     "jpg": {
-        "today": today,
+        "opencv (kept)": opencv,
         "simplejpeg eighths": simplejpeg_decoder(False),
         "simplejpeg eighths fast": simplejpeg_decoder(True),
         "pyvips shrink-on-load": vips_decoder,
     },
-    "png": {"today": today, "pyspng": pyspng_decoder, "pyvips": vips_decoder},
-    "webp": {"today": today, "pyvips scale-on-load": vips_decoder},
-    "gif": {"today": today, "pyvips": vips_decoder},
+    "png": {"opencv": opencv, "pyspng (kept: 8-bit RGB, RGBA)": kept, "pyvips": vips_decoder},
+    "webp": {"opencv": opencv, "libwebp scaled (kept: downscales)": kept, "pyvips scale-on-load": vips_decoder},
+    "gif": {"opencv (kept)": opencv, "pyvips": vips_decoder},
 }
 
 
@@ -129,11 +135,11 @@ def main() -> None:
             continue
         if len(by_format.setdefault(info.format, [])) < args.per_format:
             by_format[info.format].append(data)
-    print("| format | images | path | ms / image | vs today | min PSNR dB | mean PSNR dB |")
+    print("| format | images | path | ms / image | vs OpenCV | min PSNR dB | mean PSNR dB |")
     print("|---|---:|---|---:|---:|---:|---:|")
     for fmt, images in by_format.items():
         references = [reference(data, resizer) for data in images]
-        runs = {"resizer (today, whole call)": lambda data: resizer(data)}
+        runs = {"resizer (whole call)": lambda data: resizer(data)}
         for name, decoder in CANDIDATES.get(fmt, {}).items():
             runs[name] = lambda data, d=decoder: path(d, data, resizer)
         quality, failed = {}, {}
@@ -158,7 +164,7 @@ def main() -> None:
                     start = time.process_time()  # libvips decodes on threads of its own
                     run(data)
                     seconds[name][round_] += time.process_time() - start
-        base = statistics.median(seconds["today"]) if "today" in seconds else None
+        base = next((statistics.median(seconds[name]) for name in seconds if name.startswith("opencv")), None)
         for name in [*runs, *failed]:
             if name in failed:
                 print(f"| {fmt} | {len(images)} | {name} | failed: {failed[name]} | | | |")

@@ -1,6 +1,8 @@
 """Output quality: for every resize mode, what we store is compared with a straightforward
 full-resolution decode + area resize (+ crop or pad) of the same source; PSNR must stay above 35 dB,
-whatever shortcut the resizer takes (such as decoding large JPEGs at reduced scale).
+whatever shortcut the resizer takes: large JPEGs decoded at reduced scale, halvings then bilinear in
+place of one area resize, PNG decoded by libspng and WebP scaled by libwebp while decoding (every case
+of those formats here takes those decoders: tests/test_decoders.py checks that they are taken).
 
 The output is stored as PNG so that the comparison measures the resize path and not the encoder:
 on this deliberately hard content (fine texture and sensor noise) JPEG at quality 95 alone costs
@@ -72,10 +74,12 @@ CASES = [
     ((3000, 4000), "jpg"),
     ((1600, 1200), "jpg"),
     ((700, 520), "jpg"),
-    ((4032, 3024), "png"),
-    ((3000, 4000), "webp"),
+    ((4032, 3024), "png"),  # three halvings, then bilinear
+    ((3000, 4000), "webp"),  # scaled by libwebp
+    ((1155, 867), "webp"),  # odd sides
     # less than halving to the target, without a reduced decode: the bilinear shortcut of an area resize
     ((480, 360), "png"),
+    ((777, 1201), "png"),  # one halving with an odd side left out
     ((500, 660), "webp"),
     ((300, 290), "jpg"),
     # a JPEG decoded at half size, then less than halved; one decoded whole (the bilinear shortcut both)
