@@ -56,7 +56,9 @@ bench: install nginx
 	$(LOOPBACK_ONLY) $(PY) bench/compare.py --mix web --count 10000 --rounds 3
 	$(LOOPBACK_ONLY) $(PY) bench/compare.py --mix heavy --count 10000 --rounds 3
 	$(LOOPBACK_ONLY) $(PY) bench/codecs.py --mix web --per-format 150
+	$(LOOPBACK_ONLY) $(PY) bench/codecs.py --mix heavy --per-format 150
 	$(LOOPBACK_ONLY) $(PY) bench/overhead.py --mix web --count 3000
+	$(LOOPBACK_ONLY) $(PY) bench/overhead.py --mix heavy --count 3000
 	$(LOOPBACK_ONLY) $(PY) bench/compare.py --count 2000 --rounds 2 --latency-ms 200
 	$(LOOPBACK_ONLY) $(PY) bench/memory.py
 	$(LOOPBACK_ONLY) $(PY) bench/politeness.py --count 5000 --rounds 3
