@@ -107,3 +107,12 @@ def test_a_damaged_webp_falls_back_to_opencv_and_fails_with_its_reason():
     assert decoders.webp(cut, (100, 67), (301, 203)) is None
     with pytest.raises(ResizeError):
         Resizer(Config.from_options(url_list="x", image_size=128).resize)(cut)
+
+
+def test_a_png_whose_checksums_are_wrong_but_whose_pixels_decode_is_kept():
+    data = bytearray(encode(RGB, ".png"))
+    idat = data.index(b"IDAT")
+    length = int.from_bytes(data[idat - 4 : idat], "big")
+    data[idat + 4 + length] ^= 0xFF  # the first IDAT chunk's CRC
+    assert cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_UNCHANGED) is None  # libpng refuses it
+    assert np.array_equal(decoders.png(bytes(data)), RGB)

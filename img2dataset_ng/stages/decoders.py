@@ -5,6 +5,8 @@
   heavy mix's PNGs, the same pixels. Palette, gray, 16-bit, transparency chunks and animations stay with
   OpenCV, whose conversions of those are the reference. pyspng holds the GIL while it decodes (a few ms
   for a megapixel PNG): the other threads of the process wait for it meanwhile, the other processes do not.
+  It has libspng skip chunk checksums: a PNG whose pixels decode but whose CRCs are wrong is kept, where
+  libpng refuses it.
 - WebP downscaled: libwebp scales while it decodes (the `webp` package's build of it), so neither the
   full-size pixels nor their colour conversion nor the area resize are made: 25% less CPU per WebP.
   The `webp` package's bindings leave out the scaling options of `WebPDecoderConfig`, so the struct is
