@@ -61,3 +61,9 @@ def test_truncated_jpeg_is_detected():
     with_thumbnail = data[:2] + b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail + data[2:]
     assert not is_truncated_jpeg(with_thumbnail)
     assert is_truncated_jpeg(with_thumbnail[:-100])  # cut in the main scan
+
+
+def test_a_pngs_decode_memory_counts_libspngs_copy_of_the_file():
+    ok, data = cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    info = probe(data.tobytes())
+    assert info.bytes_per_pixel == 3 and info.buffer_bytes == len(data)

@@ -1,14 +1,16 @@
 """Decoders that beat OpenCV's on their format, each used only where it was measured to win
 (bench/codecs.py, bench/RESULTS.md) and falling back to OpenCV wherever it cannot give the same pixels.
 
-- PNG, 8-bit RGB or RGBA: libspng (pyspng), 14% less CPU than OpenCV's libpng on the web mix's and the
-  heavy mix's PNGs, the same pixels. Palette, gray, 16-bit, transparency chunks and animations stay with
+- PNG, 8-bit RGB or RGBA: libspng (pyspng), 15% less CPU than OpenCV's libpng on the web mix's and the
+  heavy mix's PNGs, the same pixels; pyspng copies the bytes before decoding them (the resizer counts
+  that copy in its memory plan). Palette, gray, 16-bit, transparency chunks and animations stay with
   OpenCV, whose conversions of those are the reference. pyspng holds the GIL while it decodes (a few ms
   for a megapixel PNG): the other threads of the process wait for it meanwhile, the other processes do not.
   It has libspng skip chunk checksums: a PNG whose pixels decode but whose CRCs are wrong is kept, where
   libpng refuses it.
 - WebP downscaled: libwebp scales while it decodes (the `webp` package's build of it), so neither the
-  full-size pixels nor their colour conversion nor the area resize are made: 25% less CPU per WebP.
+  full-size pixels nor their colour conversion nor the resize are made: 7-10% less CPU per WebP, and no
+  full-size pixels in memory (for a lossy WebP; libwebp decodes a lossless one whole inside).
   The `webp` package's bindings leave out the scaling options of `WebPDecoderConfig`, so the struct is
   laid out here from libwebp's public `decode.h` (ABI 0x0209) and checked against the binding's size and
   offsets at import; where they differ, this path is off.

@@ -9,7 +9,7 @@ size decision is taken from this probe, so it must read the header the way the d
   too); the frame header (SOF) before the first scan gives the size. A file with several frame
   headers is refused as ambiguous (libjpeg refuses it too, but only after reading them).
 - PNG: IHDR must be the first chunk (libpng's rule); bit depth and colour type give the layout;
-  an animated PNG keeps several canvas-sized frame buffers while it decodes.
+  an animated PNG keeps several canvas-sized frame buffers while it decodes, libspng a copy of the file.
 - WebP: the VP8X canvas of an extended file; a still image's frame must have the same size, and a
   file whose canvas and frame disagree is refused as ambiguous.
 - GIF: the logical screen (the decoder's canvas; frames outside it are refused by the decoder).
@@ -168,7 +168,8 @@ def _png(data: bytes) -> ImageInfo:
         return _damaged("png")
     bytes_per_pixel = PNG_CHANNELS[colour_type] * (2 if bit_depth == 16 else 1)
     frames = APNG_FRAME_BUFFERS * width * height * 4 * (2 if bit_depth == 16 else 1) if _is_apng(data) else 0
-    return ImageInfo("png", width, height, bytes_per_pixel, frames)
+    # libspng (stages/decoders.py) decodes from a copy of the file's bytes
+    return ImageInfo("png", width, height, bytes_per_pixel, frames + len(data))
 
 
 def _is_apng(data: bytes) -> bool:
