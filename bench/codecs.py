@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.corpus import corpus_folder  # noqa: E402
 from img2dataset_ng.config import Config  # noqa: E402
-from img2dataset_ng.stages import decoders  # noqa: E402
 from img2dataset_ng.stages.resize import REDUCED_JPEG, Resizer, decode, inspect  # noqa: E402
 
 cv2.setNumThreads(1)
@@ -51,9 +50,7 @@ def opencv(data: bytes, info, target, resizer: Resizer) -> np.ndarray:
 
 def kept(data: bytes, info, target, resizer: Resizer) -> np.ndarray:
     """The resizer's decoder for the format (stages/decoders.py where it applies, else OpenCV)."""
-    plan = resizer.plan(info)
-    scaled = decoders.webp(data, plan.scaled_to, plan.decoded) if plan.scaled_to else None
-    return scaled if scaled is not None else decode(data, plan.reduction)
+    return resizer.decode(data, resizer.plan(info))
 
 
 def simplejpeg_decoder(fast: bool) -> Callable:

@@ -26,9 +26,10 @@ import logging
 import cv2
 import numpy as np
 
+from .imageinfo import PNG_SIGNATURE, png_chunks_before_data
+
 logger = logging.getLogger(__name__)
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_RGB, PNG_RGBA = 2, 6  # IHDR colour types
 
 try:
@@ -44,9 +45,8 @@ def png(data: bytes) -> np.ndarray | None:
     bit_depth, colour_type = data[24], data[25]
     if bit_depth != 8 or colour_type not in (PNG_RGB, PNG_RGBA):
         return None
-    first_data = data.find(b"IDAT")
-    head = data[:first_data] if first_data > 0 else data
-    if b"acTL" in head or b"tRNS" in head:  # an animation, or transparency OpenCV turns into alpha
+    before = png_chunks_before_data(data)
+    if b"acTL" in before or b"tRNS" in before:  # an animation, or transparency OpenCV turns into alpha
         return None
     try:
         img = pyspng.load(data)

@@ -174,15 +174,19 @@ def _png(data: bytes) -> ImageInfo:
 
 def _is_apng(data: bytes) -> bool:
     """An animation control chunk before the first image data."""
-    i = 8
+    return b"acTL" in png_chunks_before_data(data)
+
+
+def png_chunks_before_data(data: bytes) -> list[bytes]:
+    """The kinds of a PNG's chunks before its first image data (IDAT) or its end."""
+    kinds, i = [], 8
     while i + 8 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, i)
-        if kind == b"acTL":
-            return True
         if kind in (b"IDAT", b"IEND"):
-            return False
+            break
+        kinds.append(kind)
         i += 12 + length
-    return False
+    return kinds
 
 
 # --- WebP

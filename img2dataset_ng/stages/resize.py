@@ -235,11 +235,7 @@ class Resizer:
     def _resize(self, data: bytes, info: ImageInfo, plan: Plan, boxes: Any) -> Resized:
         c = self.config
         original_width, original_height = info.width, info.height
-        img = decoders.webp(data, plan.scaled_to, plan.decoded) if plan.scaled_to else None
-        if img is None:  # not scaled, or libwebp would not (an animation, damaged data): OpenCV decodes it
-            img = upright(decode(data, plan.reduction), plan.orientation)
-            if (img.shape[1], img.shape[0]) != plan.decoded:
-                raise ResizeError("image size differs from its header")
+        img = self.decode(data, plan)
         target = plan.target
         blurred = bool(boxes)
         if blurred:
@@ -262,6 +258,16 @@ class Resizer:
             raise ResizeError("Image encoding error")
         height, width = img.shape[:2]
         return Resized(encoded.tobytes(), width, height, original_width, original_height, img)
+
+    def decode(self, data: bytes, plan: Plan) -> np.ndarray:
+        """The pixels `plan` decodes `data` to: scaled by libwebp, else decoded (at reduced scale) and turned
+        upright; raises ResizeError when they are not the size the header gave."""
+        img = decoders.webp(data, plan.scaled_to, plan.decoded) if plan.scaled_to else None
+        if img is None:  # not scaled, or libwebp would not (an animation, damaged data): OpenCV decodes it
+            img = upright(decode(data, plan.reduction), plan.orientation)
+            if (img.shape[1], img.shape[0]) != plan.decoded:
+                raise ResizeError("image size differs from its header")
+        return img
 
     def _check_size(self, width: int, height: int) -> None:
         c = self.config
